@@ -1,0 +1,75 @@
+"""The newsletter service: a Flask application built by :func:`create_app`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from flask import Flask
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from service.config import PROJECT_ROOT, Settings, settings_from_environment
+from service.extensions import db, migrate
+from service.tokens import TokenSigner
+from tasks import celery_init_app
+
+
+def create_app(config: Mapping[str, str] | None = None) -> Flask:
+    """Build the application. ``config`` overrides environment variables by name."""
+    app = Flask(__name__, instance_relative_config=True)
+    settings = settings_from_environment(config, default_instance_path=None)
+    app.instance_path = str(settings.INSTANCE_PATH)
+    settings.INSTANCE_PATH.mkdir(parents=True, exist_ok=True)
+    _configure_flask(app, settings)
+    _configure_logging(settings)
+
+    app.extensions["settings"] = settings
+    app.extensions["token_signer"] = TokenSigner(settings.SECRET_KEY, settings.SECRET_KEY_FALLBACKS)
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
+    celery_init_app(app, settings)
+
+    from service.web import register_web
+
+    register_web(app, settings)
+    from service.commands import register_commands
+
+    register_commands(app)
+    return app
+
+
+def _configure_flask(app: Flask, settings: Settings) -> None:
+    engine_options: dict[str, object] = {"pool_pre_ping": True}
+    if settings.DATABASE_URL.startswith("sqlite"):
+        engine_options = {"connect_args": {"timeout": 30}}
+    app.config.update(
+        SECRET_KEY=settings.SECRET_KEY,
+        SECRET_KEY_FALLBACKS=list(settings.SECRET_KEY_FALLBACKS),
+        SQLALCHEMY_DATABASE_URI=settings.DATABASE_URL,
+        SQLALCHEMY_ENGINE_OPTIONS=engine_options,
+        # The largest body any endpoint takes; public forms set a tighter limit per request.
+        MAX_CONTENT_LENGTH=2 * 1024 * 1024,
+        CONFIRM_TOKEN_MAX_AGE=settings.CONFIRM_TOKEN_MAX_AGE,
+        JSON_SORT_KEYS=False,
+    )
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.LOG_LEVEL,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_pragmas(dbapi_connection, connection_record) -> None:  # type: ignore[no-untyped-def]
+    """WAL lets the web server, worker and beat share one SQLite file without 'database is locked'."""
+    module = type(dbapi_connection).__module__
+    if not module.startswith("sqlite3"):
+        return
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

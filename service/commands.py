@@ -1,0 +1,71 @@
+"""Command-line tools, available as ``newsletter <command>`` (or ``flask --app service``)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import click
+import flask_migrate
+from flask import Flask, current_app
+from flask.cli import with_appcontext
+from werkzeug.serving import run_simple
+
+from service.config import get_settings
+from service.extensions import db
+from service.topics import seed_demo_topics
+from tasks.delivery import sweep_stalled_deliveries
+
+
+def register_commands(app: Flask) -> None:
+    app.cli.add_command(seed_demo_command)
+    app.cli.add_command(sweep_command)
+    app.cli.add_command(dev_command)
+
+
+@click.command("seed-demo")
+@with_appcontext
+def seed_demo_command() -> None:
+    """Create the demo topics (Marvel News, ...) if there are no topics yet."""
+    created = seed_demo_topics(db.session)
+    db.session.commit()
+    click.echo(f"created {created} demo topics" if created else "topics exist already; nothing to do")
+
+
+@click.command("sweep")
+@with_appcontext
+def sweep_command() -> None:
+    """Publish deliveries whose task was lost (what beat does every DELIVERY_SWEEP_SECONDS)."""
+    published = sweep_stalled_deliveries.run()
+    click.echo(f"published {published} stalled deliveries")
+
+
+@click.command("dev")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True,
+              help="Set PUBLIC_BASE_URL too if you change this, so links in emails match.")
+@with_appcontext
+def dev_command(host: str, port: int) -> None:
+    """Run everything on one machine: migrations, web server, worker and beat."""
+    settings = get_settings()
+    click.echo("applying database migrations ...")
+    flask_migrate.upgrade()
+    if settings.SEED_DEMO_TOPICS and seed_demo_topics(db.session):
+        db.session.commit()
+        click.echo("created the demo topics")
+    schedule = settings.INSTANCE_PATH / "celerybeat-schedule"
+    worker = subprocess.Popen([
+        sys.executable, "-m", "celery", "-A", "tasks.worker", "worker", "--beat",
+        "--pool=solo", "--loglevel=INFO", f"--schedule={schedule}",
+    ])
+    base = settings.PUBLIC_BASE_URL
+    click.echo(f"\n  Subscribe form:  {base}/subscribe")
+    if settings.uses_outbox:
+        click.echo(f"  Outbox:          {base}/outbox   (mail is stored here, not sent)")
+    click.echo(f"  Database:        {settings.DATABASE_URL}\n")
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    try:
+        run_simple(host, port, app, threaded=True, use_reloader=False)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=15)

@@ -1,0 +1,251 @@
+"""Every setting the service reads, taken from the environment in one place.
+
+The environment is read once, by :func:`load_settings`, and validated. A bad or
+missing value raises :class:`ConfigError` with one line that names the variable;
+the entry points print that line and exit instead of showing a traceback.
+
+With no variables at all the service runs in its *embedded* mode: SQLite and a
+SQLite-backed Celery broker in the instance folder, and an outbox that stores
+sent mail for reading at ``/outbox`` instead of talking to an SMTP server.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.utils import parseaddr
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from flask import current_app
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SMTP_SECURITY_MODES = ("none", "starttls", "tls")
+FREQUENCIES = ("daily", "weekly")
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message is one line naming it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings. Field names match the environment variables."""
+
+    DATABASE_URL: str
+    CELERY_BROKER_URL: str
+    SECRET_KEY: str
+    SECRET_KEY_FALLBACKS: tuple[str, ...]
+    PUBLIC_BASE_URL: str
+    MAIL_FROM: str
+    SMTP_HOST: str | None
+    SMTP_PORT: int
+    SMTP_USERNAME: str | None
+    SMTP_PASSWORD: str | None
+    SMTP_SECURITY: str
+    SMTP_TIMEOUT: float
+    ADMIN_API_TOKEN: str | None
+    PUBLISHER_ORIGINS: tuple[str, ...]
+    CONFIRM_TOKEN_MAX_AGE: int
+    CONFIRM_ON_GET: bool
+    DEFAULT_FREQUENCY: str
+    MAX_FORM_BYTES: int
+    DELIVERY_MAX_ATTEMPTS: int
+    DELIVERY_RETRY_BASE_SECONDS: float
+    DELIVERY_SWEEP_SECONDS: float
+    DELIVERY_STALE_SECONDS: float
+    DELIVERY_LEASE_SECONDS: float
+    SEED_DEMO_TOPICS: bool
+    LOG_LEVEL: str
+    INSTANCE_PATH: Path
+    embedded: bool = field(default=False)
+
+    @property
+    def uses_outbox(self) -> bool:
+        """True when mail is stored for /outbox instead of sent over SMTP."""
+        return self.SMTP_HOST is None
+
+    @property
+    def mail_domain(self) -> str:
+        """The domain of MAIL_FROM, used for Message-IDs."""
+        return parseaddr(self.MAIL_FROM)[1].rpartition("@")[2]
+
+
+def settings_from_environment(
+    overrides: Mapping[str, str] | None = None, default_instance_path: Path | None = None
+) -> Settings:
+    """Load settings from the process environment, with ``overrides`` on top.
+
+    The only place that reads ``os.environ``. INSTANCE_PATH moves the folder that
+    holds the embedded mode's files.
+    """
+    environ = {**os.environ, **(overrides or {})}
+    instance = environ.get("INSTANCE_PATH") or default_instance_path or PROJECT_ROOT / "instance"
+    return load_settings(environ, Path(instance))
+
+
+def get_settings() -> Settings:
+    """The running application's settings (set up by create_app)."""
+    return current_app.extensions["settings"]
+
+
+def load_settings(environ: Mapping[str, str], instance_path: Path) -> Settings:
+    """Read and validate every setting from ``environ``.
+
+    ``instance_path`` is where the embedded mode keeps its SQLite files and
+    generated secret key.
+    """
+    env = _Env(environ)
+    embedded = env.str("DATABASE_URL") is None
+    database_url = env.str("DATABASE_URL") or f"sqlite:///{instance_path / 'newsletter.sqlite3'}"
+    broker_url = env.str("CELERY_BROKER_URL") or (
+        f"sqla+sqlite:///{instance_path / 'celery-broker.sqlite3'}"
+    )
+    secret_key = env.str("SECRET_KEY")
+    if secret_key is None:
+        if not embedded:
+            raise ConfigError("SECRET_KEY is required when DATABASE_URL is set")
+        secret_key = _instance_secret_key(instance_path)
+    elif len(secret_key) < 16:
+        raise ConfigError("SECRET_KEY must be at least 16 characters long")
+
+    settings = Settings(
+        DATABASE_URL=_normalise_database_url(database_url),
+        CELERY_BROKER_URL=broker_url,
+        SECRET_KEY=secret_key,
+        SECRET_KEY_FALLBACKS=env.list("SECRET_KEY_FALLBACKS"),
+        PUBLIC_BASE_URL=env.url("PUBLIC_BASE_URL", "http://127.0.0.1:5000"),
+        MAIL_FROM=env.mailbox("MAIL_FROM", "Newsletter <newsletter@localhost>"),
+        SMTP_HOST=env.str("SMTP_HOST"),
+        SMTP_PORT=env.int("SMTP_PORT", _default_smtp_port(env.str("SMTP_SECURITY"))),
+        SMTP_USERNAME=env.str("SMTP_USERNAME"),
+        SMTP_PASSWORD=env.str("SMTP_PASSWORD"),
+        SMTP_SECURITY=env.choice("SMTP_SECURITY", SMTP_SECURITY_MODES, "none"),
+        SMTP_TIMEOUT=env.float("SMTP_TIMEOUT", 30.0),
+        ADMIN_API_TOKEN=env.str("ADMIN_API_TOKEN"),
+        PUBLISHER_ORIGINS=tuple(_origin(o) for o in env.list("PUBLISHER_ORIGINS")),
+        CONFIRM_TOKEN_MAX_AGE=env.int("CONFIRM_TOKEN_MAX_AGE", 7 * 24 * 3600),
+        CONFIRM_ON_GET=env.bool("CONFIRM_ON_GET", False),
+        DEFAULT_FREQUENCY=env.choice("DEFAULT_FREQUENCY", FREQUENCIES, "weekly"),
+        MAX_FORM_BYTES=env.int("MAX_FORM_BYTES", 16 * 1024),
+        DELIVERY_MAX_ATTEMPTS=env.int("DELIVERY_MAX_ATTEMPTS", 8),
+        DELIVERY_RETRY_BASE_SECONDS=env.float("DELIVERY_RETRY_BASE_SECONDS", 30.0),
+        DELIVERY_SWEEP_SECONDS=env.float("DELIVERY_SWEEP_SECONDS", 60.0),
+        DELIVERY_STALE_SECONDS=env.float("DELIVERY_STALE_SECONDS", 120.0),
+        DELIVERY_LEASE_SECONDS=env.float("DELIVERY_LEASE_SECONDS", 600.0),
+        SEED_DEMO_TOPICS=env.bool("SEED_DEMO_TOPICS", embedded),
+        LOG_LEVEL=env.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
+        INSTANCE_PATH=instance_path,
+        embedded=embedded,
+    )
+    if settings.SMTP_USERNAME and not settings.SMTP_PASSWORD:
+        raise ConfigError("SMTP_PASSWORD is required when SMTP_USERNAME is set")
+    return settings
+
+
+class _Env:
+    """Typed accessors that turn a bad value into a one-line ConfigError."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def str(self, name: str) -> str | None:
+        value = self._environ.get(name, "").strip()
+        return value or None
+
+    def list(self, name: str) -> tuple[str, ...]:
+        raw = self.str(name) or ""
+        return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+    def int(self, name: str, default: int) -> int:
+        raw = self.str(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+        if value <= 0:
+            raise ConfigError(f"{name} must be positive, got {raw!r}")
+        return value
+
+    def float(self, name: str, default: float) -> float:
+        raw = self.str(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+        if value <= 0:
+            raise ConfigError(f"{name} must be positive, got {raw!r}")
+        return value
+
+    def bool(self, name: str, default: bool) -> bool:
+        raw = self.str(name)
+        if raw is None:
+            return default
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
+        raw = self.str(name)
+        if raw is None:
+            return default
+        for choice in choices:
+            if raw.lower() == choice.lower():
+                return choice
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+
+    def url(self, name: str, default: str) -> str:
+        raw = self.str(name) or default
+        parts = urlsplit(raw)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"{name} must be an http(s) URL, got {raw!r}")
+        return raw.rstrip("/")
+
+    def mailbox(self, name: str, default: str) -> str:
+        raw = self.str(name) or default
+        _, address = parseaddr(raw)
+        if "@" not in address:
+            raise ConfigError(f"{name} must be an address like 'News <news@example.com>'")
+        return raw
+
+
+def _origin(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"PUBLISHER_ORIGINS entries must be origins like https://example.com, "
+                          f"got {value!r}")
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _default_smtp_port(security: str | None) -> int:
+    return {"tls": 465, "starttls": 587}.get((security or "none").lower(), 25)
+
+
+def _normalise_database_url(url: str) -> str:
+    # Heroku-style URLs say postgres://; SQLAlchemy wants a dialect and driver.
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    if not url.startswith(("postgresql+", "sqlite")):
+        raise ConfigError(f"DATABASE_URL must be a PostgreSQL or SQLite URL, got {url.split(':')[0]!r}")
+    return url
+
+
+def _instance_secret_key(instance_path: Path) -> str:
+    """Keep one random key per instance folder so links survive restarts."""
+    key_file = instance_path / "secret_key"
+    if key_file.exists():
+        return key_file.read_text().strip()
+    instance_path.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    key_file.write_text(key)
+    key_file.chmod(0o600)
+    return key

@@ -1,0 +1,184 @@
+"""The delivery ledger: claim a message, send it once, record what happened.
+
+A delivery row moves queued -> sending -> sent, or to deferred (retried later),
+failed (given up) or suppressed (no longer wanted). The move to *sending* is a
+conditional UPDATE committed before talking to SMTP, so two workers holding the
+same task cannot both send it. This module commits: each step of a delivery
+must be durable before the next one starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from service.config import Settings
+from service.mail.compose import compose_confirmation
+from service.mail.message import OutgoingMessage, build_mime
+from service.mail.transport import PermanentSendError, TemporarySendError, Transport
+from service.models import (
+    Delivery,
+    DeliveryKind,
+    DeliveryState,
+    Subscriber,
+    SubscriberStatus,
+    SubscriptionStatus,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+MAX_BACKOFF_SECONDS = 3600.0
+
+
+class RetryLater(Exception):
+    """The message was deferred; try again after ``countdown`` seconds."""
+
+    def __init__(self, countdown: float, reason: str) -> None:
+        super().__init__(reason)
+        self.countdown = countdown
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    delivery_id: int
+    state: DeliveryState | None  # None: the delivery was not ours to send (gone or taken)
+
+
+Composer = Callable[[Delivery, Subscriber, Settings, datetime], OutgoingMessage]
+_COMPOSERS: dict[DeliveryKind, Composer] = {DeliveryKind.CONFIRMATION: compose_confirmation}
+
+
+def deliver(session: Session, delivery_id: int, transport: Transport, settings: Settings
+            ) -> DeliveryResult:
+    """Send one delivery if it is still due and wanted.
+
+    Raises RetryLater after recording a temporary failure; the caller schedules
+    the next attempt.
+    """
+    if not _claim(session, delivery_id, settings):
+        return DeliveryResult(delivery_id, None)
+    delivery = session.get(Delivery, delivery_id)
+    assert delivery is not None  # we just claimed it
+    subscriber = delivery.subscriber
+    reason = _why_not_wanted(delivery, subscriber)
+    if reason is not None or subscriber is None:
+        return _finish(session, delivery, DeliveryState.SUPPRESSED, reason or "subscriber gone")
+
+    now = utcnow()
+    message = _COMPOSERS[delivery.kind](delivery, subscriber, settings, now)
+    delivery.message_id = message.message_id
+    try:
+        transport.send(message.envelope_from, [message.to], build_mime(message),
+                       subject=message.subject, message_id=message.message_id)
+    except PermanentSendError as error:
+        subscriber.last_delivery_error = error.reply
+        return _finish(session, delivery, DeliveryState.FAILED, error.reply)
+    except TemporarySendError as error:
+        return _defer(session, delivery, settings, error.reply)
+    delivery.sent_at = now
+    return _finish(session, delivery, DeliveryState.SENT, None)
+
+
+def stalled_delivery_ids(session: Session, settings: Settings, limit: int = 500) -> list[int]:
+    """Deliveries whose task was lost: never published, or its worker died.
+
+    A queued or deferred row is stalled once it is DELIVERY_STALE_SECONDS past
+    due; a sending row once its DELIVERY_LEASE_SECONDS lease ran out.
+    """
+    now = utcnow()
+    stale = now - timedelta(seconds=settings.DELIVERY_STALE_SECONDS)
+    lease = now - timedelta(seconds=settings.DELIVERY_LEASE_SECONDS)
+    query = (
+        select(Delivery.id)
+        .where(or_(
+            and_(Delivery.state.in_((DeliveryState.QUEUED, DeliveryState.DEFERRED)),
+                 Delivery.next_attempt_at < stale),
+            and_(Delivery.state == DeliveryState.SENDING, Delivery.updated_at < lease),
+        ))
+        .order_by(Delivery.id)
+        .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
+def retry_delay(attempts: int, base_seconds: float) -> float:
+    """Exponential backoff with jitter: about base, 2x base, 4x base ... capped at an hour."""
+    ceiling = min(MAX_BACKOFF_SECONDS, base_seconds * 2 ** max(0, attempts - 1))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def _claim(session: Session, delivery_id: int, settings: Settings) -> bool:
+    now = utcnow()
+    lease_expired = now - timedelta(seconds=settings.DELIVERY_LEASE_SECONDS)
+    claimed = session.execute(
+        update(Delivery)
+        .where(
+            Delivery.id == delivery_id,
+            or_(
+                Delivery.state.in_((DeliveryState.QUEUED, DeliveryState.DEFERRED)),
+                and_(Delivery.state == DeliveryState.SENDING, Delivery.updated_at < lease_expired),
+            ),
+        )
+        .values(state=DeliveryState.SENDING, attempts=Delivery.attempts + 1, updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    session.commit()
+    return claimed == 1
+
+
+def _why_not_wanted(delivery: Delivery, subscriber: Subscriber | None) -> str | None:
+    """Re-check right before sending: the reader may have confirmed or left meanwhile."""
+    if subscriber is None:
+        return "subscriber gone"
+    if subscriber.status == SubscriberStatus.UNSUBSCRIBED:
+        return "subscriber unsubscribed"
+    if delivery.kind == DeliveryKind.CONFIRMATION and not any(
+        s.status == SubscriptionStatus.PENDING for s in subscriber.subscriptions
+    ):
+        return "nothing left to confirm"
+    return None
+
+
+def _defer(session: Session, delivery: Delivery, settings: Settings, reply: str) -> DeliveryResult:
+    if delivery.attempts >= settings.DELIVERY_MAX_ATTEMPTS:
+        if delivery.subscriber is not None:
+            delivery.subscriber.last_delivery_error = reply
+        return _finish(session, delivery, DeliveryState.FAILED,
+                       f"gave up after {delivery.attempts} attempts: {reply}")
+    countdown = retry_delay(delivery.attempts, settings.DELIVERY_RETRY_BASE_SECONDS)
+    delivery.next_attempt_at = utcnow() + timedelta(seconds=countdown)
+    _finish(session, delivery, DeliveryState.DEFERRED, reply)
+    raise RetryLater(countdown, reply)
+
+
+def _finish(session: Session, delivery: Delivery, state: DeliveryState, error: str | None
+            ) -> DeliveryResult:
+    delivery.state = state
+    delivery.last_error = error
+    session.commit()
+    log.info("delivery %s %s", delivery.id, state.value)
+    return DeliveryResult(delivery.id, state)
+
+
+def reschedule_stalled(session: Session, settings: Settings, limit: int = 500) -> list[int]:
+    """Mark stalled deliveries as queued now and return their ids for republishing.
+
+    Touching ``next_attempt_at`` keeps the next sweep from publishing them again
+    while their new task waits in a long queue.
+    """
+    ids = stalled_delivery_ids(session, settings, limit)
+    if ids:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(ids), Delivery.state != DeliveryState.SENDING)
+            .values(next_attempt_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+    return ids

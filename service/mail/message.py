@@ -1,0 +1,94 @@
+"""Assemble an email as MIME bytes, ready for SMTP.
+
+We write the bytes ourselves instead of going through ``email.message``:
+it is several times faster, and it keeps headers such as List-Unsubscribe
+exactly as given (the stdlib would RFC 2047-encode or fold a long URL).
+Every message is multipart/alternative, text first then HTML, UTF-8,
+quoted-printable, with CRLF line endings.
+"""
+
+from __future__ import annotations
+
+import binascii
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.header import Header
+from email.utils import format_datetime, formataddr, parseaddr
+
+CRLF = b"\r\n"
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """What to send: envelope, headers and the two bodies."""
+
+    mail_from: str
+    to: str
+    subject: str
+    text: str
+    html: str
+    message_id: str
+    date: datetime
+    extra_headers: Sequence[tuple[str, str]] = field(default_factory=tuple)
+
+    @property
+    def envelope_from(self) -> str:
+        return parseaddr(self.mail_from)[1]
+
+
+def make_message_id(domain: str, key: str | None = None) -> str:
+    """An angle-bracketed Message-ID on our domain; stable when ``key`` is given."""
+    local = key or secrets.token_hex(16)
+    return f"<{local}@{domain}>"
+
+
+def build_mime(message: OutgoingMessage) -> bytes:
+    """Return the complete message as bytes with CRLF line endings."""
+    boundary = "=_" + secrets.token_hex(12)
+    headers: list[tuple[str, str]] = [
+        ("From", _address_header(message.mail_from)),
+        ("To", _address_header(message.to)),
+        ("Subject", _text_header(message.subject)),
+        ("Date", format_datetime(message.date)),
+        ("Message-ID", message.message_id),
+        ("MIME-Version", "1.0"),
+        *message.extra_headers,
+        ("Content-Type", f'multipart/alternative; boundary="{boundary}"'),
+    ]
+    for name, value in headers:
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"header {name} contains a line break")
+    out = [f"{name}: {value}".encode("ascii") for name, value in headers]
+    out.append(b"")
+    for subtype, body in (("plain", message.text), ("html", message.html)):
+        out.append(f"--{boundary}".encode("ascii"))
+        out.append(f'Content-Type: text/{subtype}; charset="utf-8"'.encode("ascii"))
+        out.append(b"Content-Transfer-Encoding: quoted-printable")
+        out.append(b"")
+        out.append(quoted_printable(body))
+    out.append(f"--{boundary}--".encode("ascii"))
+    out.append(b"")
+    return CRLF.join(out)
+
+
+def quoted_printable(text: str) -> bytes:
+    """Encode a body as quoted-printable with CRLF line breaks."""
+    normalised = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
+    encoded = binascii.b2a_qp(normalised, quotetabs=False, istext=True, header=False)
+    return encoded.replace(b"\n", CRLF)
+
+
+def _text_header(value: str) -> str:
+    value = " ".join(value.split())
+    if value.isascii():
+        return value
+    return Header(value, "utf-8").encode(linesep="\r\n ").replace("\r\n ", " ")
+
+
+def _address_header(value: str) -> str:
+    name, address = parseaddr(value)
+    if not address:
+        raise ValueError(f"not an address: {value!r}")
+    return formataddr((name, address), charset="utf-8") if name else address

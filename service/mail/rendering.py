@@ -1,0 +1,54 @@
+"""Render email templates from ``email_templates/`` into subject, HTML and text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import css_inline
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from service.config import PROJECT_ROOT
+
+EMAIL_TEMPLATES_DIR = PROJECT_ROOT / "email_templates"
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    subject: str
+    html: str
+    text: str
+
+
+@lru_cache(maxsize=4)
+def email_environment(directory: Path = EMAIL_TEMPLATES_DIR) -> Environment:
+    """One Jinja environment per template folder; autoescape for .html always on."""
+    return Environment(
+        loader=FileSystemLoader(directory),
+        autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+_INLINER = css_inline.CSSInliner(keep_style_tags=True)
+
+
+def render_email(name: str, context: dict[str, Any]) -> RenderedEmail:
+    """Render ``<name>.txt`` and ``<name>.html``; the text template sets ``subject``.
+
+    CSS from the HTML's <style> is inlined for mail clients that drop it; the
+    style tag is kept for the media queries that cannot be inlined.
+    """
+    env = email_environment()
+    text_template = env.get_template(f"{name}.txt")
+    text_module = text_template.make_module(context)
+    subject = " ".join(str(getattr(text_module, "subject", "")).split())
+    if not subject:
+        raise ValueError(f"email template {name}.txt sets no subject")
+    html = env.get_template(f"{name}.html").render(context)
+    return RenderedEmail(subject=subject, html=_INLINER.inline(html), text=str(text_module))

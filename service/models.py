@@ -1,0 +1,191 @@
+"""The database schema as SQLAlchemy 2.0 typed models.
+
+Subscriber is a person (one row per normalised address); Subscription links a
+subscriber to a Topic with its own state; Delivery is the ledger row of one
+message we mean to send; CapturedEmail holds mail the embedded outbox stored
+instead of sending.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from service.extensions import db
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on PostgreSQL and SQLite alike.
+
+    SQLite has no time zones and hands back naive values; this type stores UTC
+    and always returns aware datetimes, so comparisons never mix the two.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect):  # type: ignore[override]
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTCDateTime column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect):  # type: ignore[override]
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _enum(enum_class: type[enum.Enum], name: str) -> Enum:
+    return Enum(
+        enum_class,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=20,
+        values_callable=lambda members: [m.value for m in members],
+    )
+
+
+class SubscriberStatus(enum.StrEnum):
+    PENDING = "pending"
+    CONFIRMED = "confirmed"
+    UNSUBSCRIBED = "unsubscribed"
+
+
+class SubscriptionStatus(enum.StrEnum):
+    PENDING = "pending"
+    CONFIRMED = "confirmed"
+    UNSUBSCRIBED = "unsubscribed"
+
+
+class Frequency(enum.StrEnum):
+    DAILY = "daily"
+    WEEKLY = "weekly"
+
+
+class DeliveryKind(enum.StrEnum):
+    CONFIRMATION = "confirmation"
+
+
+class DeliveryState(enum.StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    DEFERRED = "deferred"
+    FAILED = "failed"
+    SUPPRESSED = "suppressed"
+
+
+class Topic(db.Model):
+    __tablename__ = "topics"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(80), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    default_frequency: Mapped[Frequency | None] = mapped_column(_enum(Frequency, "frequency"))
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    @property
+    def is_active(self) -> bool:
+        return self.retired_at is None
+
+
+class Subscriber(db.Model):
+    __tablename__ = "subscribers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    frequency: Mapped[Frequency] = mapped_column(_enum(Frequency, "frequency"))
+    status: Mapped[SubscriberStatus] = mapped_column(
+        _enum(SubscriberStatus, "subscriber_status"), default=SubscriberStatus.PENDING
+    )
+    # Bumped whenever a confirm link must stop working (unsubscribe, address change),
+    # so tokens carry ids and this number rather than the address itself.
+    token_epoch: Mapped[int] = mapped_column(default=1)
+    last_delivery_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    unsubscribed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    subscriptions: Mapped[list[Subscription]] = relationship(
+        back_populates="subscriber", cascade="all, delete-orphan"
+    )
+
+
+class Subscription(db.Model):
+    __tablename__ = "subscriptions"
+    __table_args__ = (UniqueConstraint("subscriber_id", "topic_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    topic_id: Mapped[int] = mapped_column(ForeignKey("topics.id"), index=True)
+    status: Mapped[SubscriptionStatus] = mapped_column(
+        _enum(SubscriptionStatus, "subscription_status"), default=SubscriptionStatus.PENDING
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    unsubscribed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    subscriber: Mapped[Subscriber] = relationship(back_populates="subscriptions")
+    topic: Mapped[Topic] = relationship()
+
+
+class Delivery(db.Model):
+    """One message we mean to send, and what became of it."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (Index("ix_deliveries_state_next_attempt_at", "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[DeliveryKind] = mapped_column(_enum(DeliveryKind, "delivery_kind"))
+    subscriber_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="SET NULL"), index=True
+    )
+    state: Mapped[DeliveryState] = mapped_column(
+        _enum(DeliveryState, "delivery_state"), default=DeliveryState.QUEUED
+    )
+    attempts: Mapped[int] = mapped_column(default=0)
+    message_id: Mapped[str | None] = mapped_column(String(255))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    subscriber: Mapped[Subscriber | None] = relationship()
+
+
+class CapturedEmail(db.Model):
+    """A message the embedded outbox kept instead of handing it to SMTP."""
+
+    __tablename__ = "captured_emails"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(255))
+    mail_from: Mapped[str] = mapped_column(String(320))
+    recipients: Mapped[str] = mapped_column(Text)
+    subject: Mapped[str] = mapped_column(Text)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

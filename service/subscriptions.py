@@ -1,0 +1,362 @@
+"""The subscription lifecycle: subscribe, confirm, change preferences, leave.
+
+Every function takes a session and plain values and leaves committing to the
+caller, so a subscription and the delivery that announces it are written in one
+transaction, and tasks are published only after that commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.config import FREQUENCIES
+from service.models import (
+    Delivery,
+    DeliveryKind,
+    DeliveryState,
+    Frequency,
+    Subscriber,
+    SubscriberStatus,
+    Subscription,
+    SubscriptionStatus,
+    Topic,
+    utcnow,
+)
+
+MAX_EMAIL_LENGTH = 254
+MAX_NAME_LENGTH = 200
+MAX_TOPICS = 20
+# Confirmation mail still on its way; a repeated form post adds no second one.
+_UNFINISHED_STATES = (DeliveryState.QUEUED, DeliveryState.SENDING, DeliveryState.DEFERRED)
+
+
+class InvalidSubscription(Exception):
+    """One or more fields of a subscription request are wrong.
+
+    ``errors`` maps each field name to a message a reader can act on.
+    """
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        self.errors = errors
+
+
+class InvalidLink(Exception):
+    """A confirm link that no longer matches its subscriber (left, erased or changed)."""
+
+
+@dataclass(frozen=True)
+class SubscriptionRequest:
+    email: str
+    topic_slugs: Sequence[str]
+    name: str | None = None
+    frequency: str | None = None
+
+
+@dataclass
+class SubscribeOutcome:
+    subscriber_id: int
+    delivery_ids: list[int] = field(default_factory=list)
+
+
+def normalise_email(raw: str) -> str:
+    """Validate an address and return it in the one form we store.
+
+    Raises InvalidSubscription naming the ``email`` field. No DNS lookups: an
+    address that is well-formed but undeliverable is found out by the bounce.
+    """
+    raw = raw.strip()
+    if not raw:
+        raise InvalidSubscription({"email": "Please enter your email address."})
+    if len(raw) > MAX_EMAIL_LENGTH:
+        raise InvalidSubscription({"email": "That email address is too long."})
+    try:
+        result = validate_email(raw, check_deliverability=False)
+    except EmailNotValidError as error:
+        raise InvalidSubscription({"email": f"That is not a valid email address: {error}"}) from None
+    return result.normalized.lower()
+
+
+def active_topics(session: Session) -> list[Topic]:
+    """Topics a reader can subscribe to, in display order."""
+    return list(session.scalars(select(Topic).where(Topic.retired_at.is_(None)).order_by(Topic.name)))
+
+
+def subscribe(
+    session: Session, request: SubscriptionRequest, default_frequency: str
+) -> SubscribeOutcome:
+    """Record a pending subscription and, when needed, a confirmation delivery.
+
+    The outcome is the same for a new, pending or confirmed address as far as
+    the reader can tell; only the rows differ. Nothing is ever sent to an
+    address that has not confirmed except the confirmation itself.
+    """
+    email, topics, name, frequency = _validate(session, request)
+    subscriber = _get_or_create_subscriber(
+        session, email, name, frequency or _default_frequency(topics, default_frequency)
+    )
+    outcome = SubscribeOutcome(subscriber_id=subscriber.id)
+
+    if subscriber.status == SubscriberStatus.UNSUBSCRIBED:
+        # Coming back is a new consent: old confirm links stay dead.
+        subscriber.status = SubscriberStatus.PENDING
+        subscriber.token_epoch += 1
+        subscriber.unsubscribed_at = None
+    if subscriber.status == SubscriberStatus.PENDING:
+        # Nobody has proven they own this address yet, so the latest form wins.
+        subscriber.name = name if name is not None else subscriber.name
+        subscriber.frequency = Frequency(frequency) if frequency else subscriber.frequency
+
+    newly_pending = _request_topics(session, subscriber, topics)
+    if newly_pending or _has_pending_topics(subscriber):
+        delivery = _queue_confirmation(session, subscriber)
+        if delivery is not None:
+            outcome.delivery_ids.append(delivery.id)
+    return outcome
+
+
+def confirm_subscription(session: Session, subscriber_id: int, token_epoch: int) -> Subscriber:
+    """Confirm the subscriber and every topic they asked for. Harmless to repeat.
+
+    Raises InvalidLink when the link was issued before the reader left (or was
+    erased), so a stale email cannot resubscribe anyone.
+    """
+    subscriber = session.get(Subscriber, subscriber_id, with_for_update=True)
+    if subscriber is None or subscriber.token_epoch != token_epoch:
+        raise InvalidLink("this confirmation link is no longer valid")
+    now = utcnow()
+    if subscriber.status != SubscriberStatus.CONFIRMED:
+        subscriber.status = SubscriberStatus.CONFIRMED
+        subscriber.confirmed_at = now
+    for subscription in subscriber.subscriptions:
+        if subscription.status == SubscriptionStatus.PENDING:
+            subscription.status = SubscriptionStatus.CONFIRMED
+            subscription.confirmed_at = now
+    return subscriber
+
+
+def unsubscribe(session: Session, subscriber_id: int) -> Subscriber | None:
+    """Leave every topic at once (RFC 8058 one-click). Harmless to repeat.
+
+    Returns None when the subscriber no longer exists: they are gone already.
+    """
+    subscriber = session.get(Subscriber, subscriber_id, with_for_update=True)
+    if subscriber is None:
+        return None
+    now = utcnow()
+    if subscriber.status != SubscriberStatus.UNSUBSCRIBED:
+        subscriber.status = SubscriberStatus.UNSUBSCRIBED
+        subscriber.unsubscribed_at = now
+        subscriber.token_epoch += 1
+    for subscription in subscriber.subscriptions:
+        if subscription.status != SubscriptionStatus.UNSUBSCRIBED:
+            subscription.status = SubscriptionStatus.UNSUBSCRIBED
+            subscription.unsubscribed_at = now
+    return subscriber
+
+
+@dataclass(frozen=True)
+class PreferencesUpdate:
+    topic_slugs: Sequence[str]
+    frequency: str
+    name: str | None
+
+
+def update_preferences(
+    session: Session, subscriber_id: int, update: PreferencesUpdate
+) -> Subscriber | None:
+    """Set exactly these topics, frequency and name; no topics means leaving.
+
+    The preferences link was mailed to the address, so following it proves the
+    reader owns it: an unsubscribed reader who picks topics is confirmed again.
+    A reader still pending stays pending until they confirm.
+    """
+    subscriber = session.get(Subscriber, subscriber_id, with_for_update=True)
+    if subscriber is None:
+        return None
+    errors: dict[str, str] = {}
+    topics = _topics_by_slug(session, update.topic_slugs, errors)
+    if update.frequency not in FREQUENCIES:
+        errors["frequency"] = f"Choose one of: {', '.join(FREQUENCIES)}."
+    name = _clean_name(update.name, errors)
+    if errors:
+        raise InvalidSubscription(errors)
+    if not topics:
+        return unsubscribe(session, subscriber_id)
+
+    subscriber.frequency = Frequency(update.frequency)
+    subscriber.name = name
+    now = utcnow()
+    if subscriber.status == SubscriberStatus.UNSUBSCRIBED:
+        subscriber.status = SubscriberStatus.CONFIRMED
+        subscriber.confirmed_at = now
+        subscriber.unsubscribed_at = None
+    wanted_state = (
+        SubscriptionStatus.PENDING
+        if subscriber.status == SubscriberStatus.PENDING
+        else SubscriptionStatus.CONFIRMED
+    )
+    by_topic = {s.topic_id: s for s in subscriber.subscriptions}
+    wanted_ids = {t.id for t in topics}
+    for topic in topics:
+        subscription = by_topic.get(topic.id)
+        if subscription is None:
+            subscription = Subscription(topic=topic, status=wanted_state, created_at=now)
+            subscriber.subscriptions.append(subscription)
+        elif subscription.status in (wanted_state, SubscriptionStatus.CONFIRMED):
+            continue
+        subscription.status = wanted_state
+        subscription.unsubscribed_at = None
+        if wanted_state == SubscriptionStatus.CONFIRMED:
+            subscription.confirmed_at = now
+    for topic_id, subscription in by_topic.items():
+        if topic_id not in wanted_ids and subscription.status != SubscriptionStatus.UNSUBSCRIBED:
+            subscription.status = SubscriptionStatus.UNSUBSCRIBED
+            subscription.unsubscribed_at = now
+    return subscriber
+
+
+def request_new_confirmation(
+    session: Session, subscriber_id: int, token_epoch: int
+) -> Delivery | None:
+    """Queue a fresh confirmation email for a reader whose link expired.
+
+    Returns None when there is nothing to confirm or the link predates a change.
+    """
+    subscriber = session.get(Subscriber, subscriber_id, with_for_update=True)
+    if (
+        subscriber is None
+        or subscriber.token_epoch != token_epoch
+        or not _has_pending_topics(subscriber)
+    ):
+        return None
+    return _queue_confirmation(session, subscriber)
+
+
+def subscribed_topic_ids(subscriber: Subscriber) -> set[int]:
+    """Topics the reader is in or has asked for (pending or confirmed)."""
+    return {
+        s.topic_id for s in subscriber.subscriptions if s.status != SubscriptionStatus.UNSUBSCRIBED
+    }
+
+
+def _validate(
+    session: Session, request: SubscriptionRequest
+) -> tuple[str, list[Topic], str | None, str | None]:
+    errors: dict[str, str] = {}
+    email = ""
+    try:
+        email = normalise_email(request.email)
+    except InvalidSubscription as invalid:
+        errors.update(invalid.errors)
+    topics = _topics_by_slug(session, request.topic_slugs, errors)
+    if not topics and "topics" not in errors:
+        errors["topics"] = "Choose at least one topic."
+    frequency = request.frequency or None
+    if frequency is not None and frequency not in FREQUENCIES:
+        errors["frequency"] = f"Choose one of: {', '.join(FREQUENCIES)}."
+    name = _clean_name(request.name, errors)
+    if errors:
+        raise InvalidSubscription(errors)
+    return email, topics, name, frequency
+
+
+def _clean_name(raw: str | None, errors: dict[str, str]) -> str | None:
+    name = (raw or "").strip() or None
+    if name is not None and len(name) > MAX_NAME_LENGTH:
+        errors["name"] = f"Please keep your name under {MAX_NAME_LENGTH} characters."
+    if name is not None and any(ord(ch) < 32 for ch in name):
+        errors["name"] = "Your name contains characters we cannot use."
+    return name
+
+
+def _topics_by_slug(session: Session, slugs: Iterable[str], errors: dict[str, str]) -> list[Topic]:
+    wanted = list(dict.fromkeys(s.strip().lower() for s in slugs if s and s.strip()))
+    if len(wanted) > MAX_TOPICS:
+        errors["topics"] = f"Choose at most {MAX_TOPICS} topics."
+        return []
+    if not wanted:
+        return []
+    found = {
+        t.slug: t
+        for t in session.scalars(
+            select(Topic).where(Topic.slug.in_(wanted), Topic.retired_at.is_(None))
+        )
+    }
+    unknown = [slug for slug in wanted if slug not in found]
+    if unknown:
+        errors["topics"] = f"Unknown topic: {', '.join(unknown)}."
+    return [found[slug] for slug in wanted if slug in found]
+
+
+def _default_frequency(topics: Sequence[Topic], fallback: str) -> str:
+    for topic in topics:
+        if topic.default_frequency is not None:
+            return topic.default_frequency.value
+    return fallback
+
+
+def _get_or_create_subscriber(
+    session: Session, email: str, name: str | None, frequency: str
+) -> Subscriber:
+    existing = session.scalars(
+        select(Subscriber).where(Subscriber.email == email).with_for_update()
+    ).one_or_none()
+    if existing is not None:
+        return existing
+    subscriber = Subscriber(email=email, name=name, frequency=Frequency(frequency))
+    try:
+        # A savepoint, so losing a race with a concurrent post for the same
+        # address rolls back only this insert, not the caller's transaction.
+        with session.begin_nested():
+            session.add(subscriber)
+    except IntegrityError:
+        return session.scalars(
+            select(Subscriber).where(Subscriber.email == email).with_for_update()
+        ).one()
+    return subscriber
+
+
+def _request_topics(session: Session, subscriber: Subscriber, topics: Sequence[Topic]) -> bool:
+    """Mark the topics pending unless already confirmed; True if any changed."""
+    by_topic = {s.topic_id: s for s in subscriber.subscriptions}
+    changed = False
+    for topic in topics:
+        subscription = by_topic.get(topic.id)
+        if subscription is None:
+            subscriber.subscriptions.append(
+                Subscription(topic=topic, status=SubscriptionStatus.PENDING)
+            )
+            changed = True
+        elif subscription.status == SubscriptionStatus.UNSUBSCRIBED:
+            subscription.status = SubscriptionStatus.PENDING
+            subscription.unsubscribed_at = None
+            changed = True
+    session.flush()
+    return changed
+
+
+def _has_pending_topics(subscriber: Subscriber) -> bool:
+    return any(s.status == SubscriptionStatus.PENDING for s in subscriber.subscriptions)
+
+
+def _queue_confirmation(session: Session, subscriber: Subscriber) -> Delivery | None:
+    unfinished = session.scalars(
+        select(Delivery.id).where(
+            Delivery.subscriber_id == subscriber.id,
+            Delivery.kind == DeliveryKind.CONFIRMATION,
+            Delivery.state.in_(_UNFINISHED_STATES),
+        )
+    ).first()
+    if unfinished is not None:
+        return None
+    delivery = Delivery(kind=DeliveryKind.CONFIRMATION, subscriber=subscriber)
+    session.add(delivery)
+    session.flush()
+    return delivery

@@ -1,0 +1,17 @@
+"""Blueprints: the public pages and forms, health checks and the embedded outbox."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from service.config import Settings
+from service.web import errors, health, outbox, public
+
+
+def register_web(app: Flask, settings: Settings) -> None:
+    app.register_blueprint(public.bp)
+    app.register_blueprint(health.bp)
+    if settings.uses_outbox:
+        app.register_blueprint(outbox.bp)
+    errors.register_error_handlers(app)
+    app.context_processor(lambda: {"outbox_enabled": settings.uses_outbox})

@@ -1,0 +1,41 @@
+"""Turn HTTP errors and token failures into a clear page or JSON, never a bare 500."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify, render_template
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+from service.web.negotiation import wants_json
+
+log = logging.getLogger(__name__)
+
+_FRIENDLY = {
+    400: "The request could not be understood.",
+    404: "There is nothing at this address.",
+    405: "This address does not accept that kind of request.",
+    413: "The request is too large.",
+    415: "Send the form as application/x-www-form-urlencoded, multipart/form-data or JSON.",
+    429: "Too many requests. Please wait a moment and try again.",
+    500: "Something went wrong on our side. Nothing you entered was lost; please try again.",
+    503: "The service is temporarily unavailable. Please try again shortly.",
+}
+
+
+def error_response(status: int, message: str | None = None, **extra: object):  # type: ignore[no-untyped-def]
+    message = message or _FRIENDLY.get(status, "The request failed.")
+    if wants_json():
+        return jsonify({"error": message, **extra}), status
+    return render_template("error.html", status=status, message=message,
+                           errors=extra.get("errors") or {}), status
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(HTTPException)
+    def handle_http_error(error: HTTPException):  # type: ignore[no-untyped-def]
+        status = error.code or 500
+        response = error_response(status)
+        if isinstance(error, InternalServerError):
+            log.error("unhandled error", exc_info=error.original_exception)
+        return response

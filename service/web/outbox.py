@@ -1,0 +1,49 @@
+"""The embedded outbox: read the mail the service would have sent.
+
+Registered only when no SMTP_HOST is set, so it never exposes mail in a
+deployment that sends for real.
+"""
+
+from __future__ import annotations
+
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+
+from flask import Blueprint, Response, abort, render_template
+from sqlalchemy import select
+
+from service.extensions import db
+from service.models import CapturedEmail
+
+bp = Blueprint("outbox", __name__, url_prefix="/outbox")
+PAGE_SIZE = 100
+
+
+@bp.get("/")
+def outbox_list() -> str:
+    emails = db.session.scalars(
+        select(CapturedEmail).order_by(CapturedEmail.id.desc()).limit(PAGE_SIZE)
+    ).all()
+    return render_template("outbox_list.html", emails=emails)
+
+
+@bp.get("/<int:email_id>")
+def outbox_message(email_id: int) -> str:
+    captured = db.session.get(CapturedEmail, email_id) or abort(404)
+    parsed = message_from_bytes(captured.raw, policy=policy.default)
+    assert isinstance(parsed, EmailMessage)
+    return render_template(
+        "outbox_message.html", email=captured, headers=list(parsed.items()),
+        html=_body(parsed, "html"), text=_body(parsed, "plain"),
+    )
+
+
+@bp.get("/<int:email_id>/raw")
+def outbox_raw(email_id: int) -> Response:
+    captured = db.session.get(CapturedEmail, email_id) or abort(404)
+    return Response(captured.raw, mimetype="text/plain", headers={"X-Content-Type-Options": "nosniff"})
+
+
+def _body(message: EmailMessage, subtype: str) -> str:
+    part = message.get_body(preferencelist=(subtype,))
+    return part.get_content() if part is not None else ""

@@ -1,0 +1,246 @@
+"""Pages and form posts that readers reach: subscribe, confirm, unsubscribe, preferences.
+
+Views parse, call one function of service.subscriptions, commit, publish the
+task that sends mail, and render.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from flask import Blueprint, jsonify, redirect, render_template, request
+from werkzeug.wrappers import Response
+
+from service import links
+from service.config import FREQUENCIES, get_settings
+from service.extensions import db
+from service.models import Subscriber, SubscriberStatus, SubscriptionStatus
+from service.subscriptions import (
+    InvalidLink,
+    InvalidSubscription,
+    PreferencesUpdate,
+    SubscriptionRequest,
+    active_topics,
+    confirm_subscription,
+    request_new_confirmation,
+    subscribe,
+    subscribed_topic_ids,
+    unsubscribe,
+    update_preferences,
+)
+from service.tokens import (
+    ExpiredToken,
+    InvalidToken,
+    TokenPurpose,
+    read_confirm_token,
+    read_subscriber_token,
+    signer,
+)
+from service.web.errors import error_response
+from service.web.forms import MalformedForm, SubmittedForm, read_form
+from service.web.negotiation import wants_json
+from tasks.delivery import publish_deliveries
+
+bp = Blueprint("public", __name__)
+
+CHECK_INBOX = (
+    "Thanks! Check your inbox: we sent you an email with a link to confirm your subscription."
+)
+
+
+@bp.errorhandler(InvalidToken)
+def invalid_token(error: InvalidToken):  # type: ignore[no-untyped-def]
+    expired = isinstance(error, ExpiredToken)
+    message = (
+        "This link has expired." if expired else "This link is not valid. It may be incomplete."
+    )
+    if wants_json():
+        return jsonify({"error": message}), 400
+    token = request.view_args.get("token") if expired and request.view_args else None
+    return render_template("invalid_link.html", message=message, resend_token=token), 400
+
+
+@bp.errorhandler(InvalidLink)
+def stale_link(error: InvalidLink):  # type: ignore[no-untyped-def]
+    message = "This confirmation link is no longer valid: the subscription changed since it was sent."
+    if wants_json():
+        return jsonify({"error": message}), 400
+    return render_template("invalid_link.html", message=message, resend_token=None), 400
+
+
+@bp.errorhandler(MalformedForm)
+def malformed_form(error: MalformedForm):  # type: ignore[no-untyped-def]
+    return error_response(422, "Some fields could not be accepted.", errors=error.errors)
+
+
+@bp.get("/")
+def index() -> Response:
+    return redirect("/subscribe")
+
+
+@bp.get("/subscribe")
+def subscribe_form() -> str:
+    preselected = request.args.getlist("topic")
+    form = SubmittedForm(lists={"topics": preselected})
+    return _render_subscribe(form, {})
+
+
+@bp.post("/subscribe")
+def subscribe_post():  # type: ignore[no-untyped-def]
+    settings = get_settings()
+    request.max_content_length = settings.MAX_FORM_BYTES
+    form = read_form(scalar_fields=("email", "name", "frequency", "next"), list_fields=("topics",))
+    try:
+        outcome = subscribe(
+            db.session,
+            SubscriptionRequest(
+                email=form.get("email"),
+                topic_slugs=form.getlist("topics"),
+                name=form.get("name") or None,
+                frequency=form.get("frequency") or None,
+            ),
+            default_frequency=settings.DEFAULT_FREQUENCY,
+        )
+    except InvalidSubscription as invalid:
+        db.session.rollback()
+        if wants_json():
+            return jsonify({"error": "Please correct the marked fields.", "errors": invalid.errors}), 422
+        return _render_subscribe(form, invalid.errors), 422
+    db.session.commit()
+    publish_deliveries(outcome.delivery_ids)
+
+    # The answer never depends on whether the address was new, pending or confirmed.
+    if wants_json():
+        return jsonify({"status": "accepted", "message": CHECK_INBOX}), 202
+    next_url = _allowed_redirect(form.get("next"))
+    if next_url:
+        return redirect(next_url, code=303)
+    return render_template("check_inbox.html", message=CHECK_INBOX)
+
+
+@bp.get("/confirm/<token>")
+def confirm_page(token: str):  # type: ignore[no-untyped-def]
+    read_confirm_token(token)
+    if get_settings().CONFIRM_ON_GET:
+        return _confirm(token)
+    return render_template("confirm.html", token=token)
+
+
+@bp.post("/confirm/<token>")
+def confirm_post(token: str):  # type: ignore[no-untyped-def]
+    request.max_content_length = get_settings().MAX_FORM_BYTES
+    return _confirm(token)
+
+
+@bp.post("/confirm/resend")
+def resend_confirmation():  # type: ignore[no-untyped-def]
+    """Send a fresh confirmation to the reader behind an expired, but genuine, link."""
+    request.max_content_length = get_settings().MAX_FORM_BYTES
+    form = read_form(scalar_fields=("token",), list_fields=())
+    claims = signer().read(TokenPurpose.CONFIRM, form.get("token"))  # any age: it was ours
+    subscriber_id, epoch = claims.get("sid"), claims.get("e")
+    if isinstance(subscriber_id, int) and isinstance(epoch, int):
+        delivery = request_new_confirmation(db.session, subscriber_id, epoch)
+        db.session.commit()
+        if delivery is not None:
+            publish_deliveries([delivery.id])
+    if wants_json():
+        return jsonify({"status": "accepted", "message": CHECK_INBOX}), 202
+    return render_template("check_inbox.html", message=CHECK_INBOX)
+
+
+@bp.get("/unsubscribe/<token>")
+def unsubscribe_page(token: str) -> str:
+    read_subscriber_token(TokenPurpose.UNSUBSCRIBE, token)
+    return render_template("unsubscribe.html", token=token)
+
+
+@bp.post("/unsubscribe/<token>")
+def unsubscribe_post(token: str):  # type: ignore[no-untyped-def]
+    """RFC 8058 one-click: no question asked, 2xx, never a redirect."""
+    request.max_content_length = get_settings().MAX_FORM_BYTES
+    subscriber_id = read_subscriber_token(TokenPurpose.UNSUBSCRIBE, token)
+    unsubscribe(db.session, subscriber_id)
+    db.session.commit()
+    if wants_json():
+        return jsonify({"status": "unsubscribed"})
+    return render_template("unsubscribed.html", preferences_url=links.preferences_url(subscriber_id))
+
+
+@bp.route("/preferences/<token>", methods=["GET", "POST"])
+def preferences(token: str):  # type: ignore[no-untyped-def]
+    subscriber_id = read_subscriber_token(TokenPurpose.PREFERENCES, token)
+    subscriber = db.session.get(Subscriber, subscriber_id)
+    if subscriber is None:
+        return error_response(404, "We hold no data for this address any more.")
+    if request.method == "GET":
+        return _render_preferences(token, subscriber, None, {})
+
+    request.max_content_length = get_settings().MAX_FORM_BYTES
+    form = read_form(scalar_fields=("frequency", "name", "action"), list_fields=("topics",))
+    if form.get("action") == "unsubscribe":
+        unsubscribe(db.session, subscriber_id)
+        db.session.commit()
+        return render_template("unsubscribed.html", preferences_url=None)
+    try:
+        update_preferences(db.session, subscriber_id, PreferencesUpdate(
+            topic_slugs=form.getlist("topics"),
+            frequency=form.get("frequency") or subscriber.frequency.value,
+            name=form.get("name"),
+        ))
+    except InvalidSubscription as invalid:
+        db.session.rollback()
+        return _render_preferences(token, subscriber, form, invalid.errors), 422
+    db.session.commit()
+    if subscriber.status == SubscriberStatus.UNSUBSCRIBED:
+        return render_template("unsubscribed.html", preferences_url=None)
+    return _render_preferences(token, subscriber, None, {}, saved=True)
+
+
+def _confirm(token: str):  # type: ignore[no-untyped-def]
+    claim = read_confirm_token(token)
+    subscriber = confirm_subscription(db.session, claim.subscriber_id, claim.token_epoch)
+    db.session.commit()
+    topics = [s.topic for s in subscriber.subscriptions if s.status == SubscriptionStatus.CONFIRMED]
+    if wants_json():
+        return jsonify({"status": "confirmed", "topics": [t.slug for t in topics]})
+    return render_template(
+        "confirmed.html", topics=topics, preferences_url=links.preferences_url(subscriber.id)
+    )
+
+
+def _render_subscribe(form: SubmittedForm, errors: dict[str, str]) -> str:
+    return render_template(
+        "subscribe.html", topics=active_topics(db.session), form=form, errors=errors,
+        frequencies=FREQUENCIES, default_frequency=get_settings().DEFAULT_FREQUENCY,
+    )
+
+
+def _render_preferences(token: str, subscriber: Subscriber, form: SubmittedForm | None,
+                        errors: dict[str, str], saved: bool = False) -> str:
+    chosen = subscribed_topic_ids(subscriber)
+    topics = active_topics(db.session)
+    if form is not None:
+        wanted = set(form.getlist("topics"))
+        chosen = {t.id for t in topics if t.slug in wanted}
+    return render_template(
+        "preferences.html", token=token, subscriber=subscriber, topics=topics, chosen=chosen,
+        name=form.get("name") if form else (subscriber.name or ""),
+        frequency=form.get("frequency") if form else subscriber.frequency.value,
+        frequencies=FREQUENCIES, errors=errors, saved=saved,
+        pending=subscriber.status == SubscriberStatus.PENDING,
+    )
+
+
+def _allowed_redirect(url: str) -> str | None:
+    """Only back to a configured publisher origin (or our own): no open redirect."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return None
+    origin = f"{parts.scheme}://{parts.netloc}".lower()
+    settings = get_settings()
+    own = urlsplit(settings.PUBLIC_BASE_URL)
+    allowed = {*settings.PUBLISHER_ORIGINS, f"{own.scheme}://{own.netloc}".lower()}
+    return url if origin in allowed else None
