@@ -20,3 +20,5 @@ def _create_app() -> Flask:
 @click.group(cls=FlaskGroup, create_app=_create_app, add_default_commands=True)
 def main() -> None:
     """Newsletter service: subscriptions, confirmations and digests."""
+if __name__ == "__main__":
+    main()

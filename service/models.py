@@ -113,6 +113,9 @@ class Topic(db.Model):
 
 class Subscriber(db.Model):
     __tablename__ = "subscribers"
+    # AUTOINCREMENT on SQLite: an id is never reused, so an old link or task
+    # can never point at a newer row.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)
@@ -156,7 +159,10 @@ class Delivery(db.Model):
     """One message we mean to send, and what became of it."""
 
     __tablename__ = "deliveries"
-    __table_args__ = (Index("ix_deliveries_state_next_attempt_at", "state", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_deliveries_state_next_attempt_at", "state", "next_attempt_at"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[DeliveryKind] = mapped_column(_enum(DeliveryKind, "delivery_kind"))

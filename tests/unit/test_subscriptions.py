@@ -1,0 +1,258 @@
+"""The subscription lifecycle, called directly with a session (no HTTP, no Celery)."""
+
+import pytest
+from sqlalchemy import func, select
+
+from service.models import (
+    Delivery,
+    DeliveryKind,
+    DeliveryState,
+    Frequency,
+    Subscriber,
+    SubscriberStatus,
+    SubscriptionStatus,
+    Topic,
+)
+from service.subscriptions import (
+    InvalidLink,
+    InvalidSubscription,
+    PreferencesUpdate,
+    SubscriptionRequest,
+    confirm_subscription,
+    normalise_email,
+    request_new_confirmation,
+    subscribe,
+    unsubscribe,
+    update_preferences,
+)
+
+
+def _subscribe(session, email="reader@example.com", topics=("marvel-news",), **fields):
+    outcome = subscribe(session, SubscriptionRequest(email, list(topics), **fields), "weekly")
+    session.commit()
+    return outcome
+
+
+def _count(session, model) -> int:
+    return session.scalar(select(func.count()).select_from(model))
+
+
+def _statuses(subscriber: Subscriber) -> dict[str, SubscriptionStatus]:
+    return {s.topic.slug: s.status for s in subscriber.subscriptions}
+
+
+def test_subscribing_stores_a_pending_subscription_and_one_confirmation(session):
+    outcome = _subscribe(session, name="Peggy", frequency="daily")
+    subscriber = session.get(Subscriber, outcome.subscriber_id)
+    assert subscriber.status == SubscriberStatus.PENDING
+    assert subscriber.name == "Peggy"
+    assert subscriber.frequency.value == "daily"
+    assert _statuses(subscriber) == {"marvel-news": SubscriptionStatus.PENDING}
+    delivery = session.get(Delivery, outcome.delivery_ids[0])
+    assert (delivery.kind, delivery.state) == (DeliveryKind.CONFIRMATION, DeliveryState.QUEUED)
+
+
+def test_the_address_is_stored_in_one_normal_form(session):
+    first = _subscribe(session, email="  Peggy.Carter@EXAMPLE.com ")
+    second = _subscribe(session, email="peggy.carter@example.com")
+    assert first.subscriber_id == second.subscriber_id
+    assert session.get(Subscriber, first.subscriber_id).email == "peggy.carter@example.com"
+
+
+def test_repeated_submits_queue_no_second_confirmation_while_one_is_on_its_way(session):
+    first = _subscribe(session)
+    second = _subscribe(session)
+    assert len(first.delivery_ids) == 1
+    assert second.delivery_ids == []
+    assert _count(session, Delivery) == 1
+
+
+def test_a_topic_defaults_the_frequency_when_the_reader_gives_none(session):
+    topic = session.scalars(select(Topic).where(Topic.slug == "tv-news")).one()
+    topic.default_frequency = Frequency.DAILY
+    session.commit()
+    outcome = _subscribe(session, topics=["tv-news"])
+    assert session.get(Subscriber, outcome.subscriber_id).frequency == Frequency.DAILY
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "field"),
+    [
+        ({"email": "not-an-address"}, "email"),
+        ({"email": ""}, "email"),
+        ({"email": "a" * 250 + "@example.com"}, "email"),
+        ({"email": "reader@example.com", "topics": ["no-such-topic"]}, "topics"),
+        ({"email": "reader@example.com", "topics": []}, "topics"),
+        ({"email": "reader@example.com", "topics": [f"t{i}" for i in range(30)]}, "topics"),
+        ({"email": "reader@example.com", "frequency": "hourly"}, "frequency"),
+        ({"email": "reader@example.com", "name": "x" * 201}, "name"),
+        ({"email": "reader@example.com", "name": "Evil\r\nBcc: x@example.com"}, "name"),
+    ],
+)
+def test_bad_input_names_the_field_and_writes_nothing(session, request_fields, field):
+    fields = {"topics": ["marvel-news"], **request_fields}
+    with pytest.raises(InvalidSubscription) as caught:
+        subscribe(session, SubscriptionRequest(fields.pop("email"), fields.pop("topics"), **fields),
+                  "weekly")
+    session.rollback()
+    assert field in caught.value.errors
+    assert _count(session, Subscriber) == 0
+    assert _count(session, Delivery) == 0
+
+
+def test_every_bad_field_is_reported_at_once(session):
+    with pytest.raises(InvalidSubscription) as caught:
+        subscribe(session, SubscriptionRequest("nope", ["nope"], frequency="hourly"), "weekly")
+    assert set(caught.value.errors) == {"email", "topics", "frequency"}
+
+
+def test_normalise_email_keeps_international_domains():
+    assert normalise_email("Reader@Bücher.example") == "reader@bücher.example"
+
+
+def test_confirming_confirms_the_reader_and_every_pending_topic(session):
+    outcome = _subscribe(session, topics=["marvel-news", "tv-news"])
+    subscriber = session.get(Subscriber, outcome.subscriber_id)
+    confirm_subscription(session, subscriber.id, subscriber.token_epoch)
+    session.commit()
+    assert subscriber.status == SubscriberStatus.CONFIRMED
+    assert subscriber.confirmed_at is not None
+    assert set(_statuses(subscriber).values()) == {SubscriptionStatus.CONFIRMED}
+
+
+def test_confirming_twice_is_harmless(session):
+    outcome = _subscribe(session)
+    subscriber = session.get(Subscriber, outcome.subscriber_id)
+    confirm_subscription(session, subscriber.id, subscriber.token_epoch)
+    session.commit()
+    confirmed_at = subscriber.confirmed_at
+    confirm_subscription(session, subscriber.id, subscriber.token_epoch)
+    session.commit()
+    assert subscriber.status == SubscriberStatus.CONFIRMED
+    assert subscriber.confirmed_at == confirmed_at
+
+
+def test_a_confirm_link_from_before_unsubscribing_no_longer_works(session):
+    outcome = _subscribe(session)
+    subscriber = session.get(Subscriber, outcome.subscriber_id)
+    old_epoch = subscriber.token_epoch
+    unsubscribe(session, subscriber.id)
+    session.commit()
+    with pytest.raises(InvalidLink):
+        confirm_subscription(session, subscriber.id, old_epoch)
+    # Subscribing again sends a new link that does work; the old one stays dead.
+    _subscribe(session)
+    with pytest.raises(InvalidLink):
+        confirm_subscription(session, subscriber.id, old_epoch)
+    confirm_subscription(session, subscriber.id, subscriber.token_epoch)
+    assert subscriber.status == SubscriberStatus.CONFIRMED
+
+
+def test_confirming_an_erased_subscriber_is_an_invalid_link(session):
+    with pytest.raises(InvalidLink):
+        confirm_subscription(session, 987654, 1)
+
+
+def test_a_confirmed_reader_resubmitting_the_form_gets_no_mail(session):
+    outcome = _subscribe(session)
+    subscriber = session.get(Subscriber, outcome.subscriber_id)
+    confirm_subscription(session, subscriber.id, subscriber.token_epoch)
+    session.commit()
+    again = _subscribe(session)
+    assert again.delivery_ids == []
+    assert subscriber.status == SubscriberStatus.CONFIRMED
+
+
+def test_a_confirmed_reader_adding_a_topic_must_confirm_that_topic(session):
+    outcome = _subscribe(session)
+    subscriber = session.get(Subscriber, outcome.subscriber_id)
+    confirm_subscription(session, subscriber.id, subscriber.token_epoch)
+    session.query(Delivery).update({"state": DeliveryState.SENT})
+    session.commit()
+    added = _subscribe(session, topics=["tv-news"])
+    assert len(added.delivery_ids) == 1
+    assert _statuses(subscriber) == {
+        "marvel-news": SubscriptionStatus.CONFIRMED,
+        "tv-news": SubscriptionStatus.PENDING,
+    }
+
+
+def test_a_form_post_cannot_rename_a_confirmed_reader(session):
+    outcome = _subscribe(session, name="Peggy", frequency="weekly")
+    subscriber = session.get(Subscriber, outcome.subscriber_id)
+    confirm_subscription(session, subscriber.id, subscriber.token_epoch)
+    session.commit()
+    _subscribe(session, name="Someone Else", frequency="daily")
+    assert subscriber.name == "Peggy"
+    assert subscriber.frequency.value == "weekly"
+
+
+def test_unsubscribing_leaves_every_topic_and_is_harmless_to_repeat(session):
+    outcome = _subscribe(session, topics=["marvel-news", "tv-news"])
+    unsubscribe(session, outcome.subscriber_id)
+    session.commit()
+    subscriber = unsubscribe(session, outcome.subscriber_id)
+    session.commit()
+    assert subscriber.status == SubscriberStatus.UNSUBSCRIBED
+    assert set(_statuses(subscriber).values()) == {SubscriptionStatus.UNSUBSCRIBED}
+
+
+def test_unsubscribing_someone_already_erased_is_not_an_error(session):
+    assert unsubscribe(session, 123456) is None
+
+
+def test_preferences_set_exactly_the_chosen_topics(session):
+    outcome = _subscribe(session, topics=["marvel-news", "tv-news"])
+    subscriber = session.get(Subscriber, outcome.subscriber_id)
+    confirm_subscription(session, subscriber.id, subscriber.token_epoch)
+    update_preferences(session, subscriber.id,
+                       PreferencesUpdate(["movie-news", "tv-news"], "daily", "Peggy Carter"))
+    session.commit()
+    assert _statuses(subscriber) == {
+        "marvel-news": SubscriptionStatus.UNSUBSCRIBED,
+        "tv-news": SubscriptionStatus.CONFIRMED,
+        "movie-news": SubscriptionStatus.CONFIRMED,
+    }
+    assert (subscriber.frequency.value, subscriber.name) == ("daily", "Peggy Carter")
+
+
+def test_preferences_of_a_pending_reader_stay_pending(session):
+    outcome = _subscribe(session)
+    update_preferences(session, outcome.subscriber_id, PreferencesUpdate(["tv-news"], "weekly", None))
+    session.commit()
+    subscriber = session.get(Subscriber, outcome.subscriber_id)
+    assert subscriber.status == SubscriberStatus.PENDING
+    assert _statuses(subscriber)["tv-news"] == SubscriptionStatus.PENDING
+
+
+def test_choosing_no_topics_in_preferences_unsubscribes(session):
+    outcome = _subscribe(session)
+    subscriber = update_preferences(session, outcome.subscriber_id, PreferencesUpdate([], "weekly", None))
+    assert subscriber.status == SubscriberStatus.UNSUBSCRIBED
+
+
+def test_an_unsubscribed_reader_can_come_back_through_preferences(session):
+    outcome = _subscribe(session)
+    unsubscribe(session, outcome.subscriber_id)
+    subscriber = update_preferences(session, outcome.subscriber_id,
+                                    PreferencesUpdate(["marvel-news"], "weekly", None))
+    session.commit()
+    assert subscriber.status == SubscriberStatus.CONFIRMED
+    assert _statuses(subscriber) == {"marvel-news": SubscriptionStatus.CONFIRMED}
+
+
+def test_preferences_refuse_unknown_topics_and_frequencies(session):
+    outcome = _subscribe(session)
+    with pytest.raises(InvalidSubscription) as caught:
+        update_preferences(session, outcome.subscriber_id, PreferencesUpdate(["nope"], "hourly", None))
+    assert set(caught.value.errors) == {"topics", "frequency"}
+
+
+def test_a_new_confirmation_is_queued_only_for_a_pending_reader_with_a_current_link(session):
+    outcome = _subscribe(session)
+    subscriber = session.get(Subscriber, outcome.subscriber_id)
+    session.get(Delivery, outcome.delivery_ids[0]).state = DeliveryState.SENT
+    assert request_new_confirmation(session, subscriber.id, subscriber.token_epoch + 1) is None
+    assert request_new_confirmation(session, subscriber.id, subscriber.token_epoch) is not None
+    session.commit()
+    assert _count(session, Delivery) == 2
