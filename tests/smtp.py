@@ -58,7 +58,7 @@ class _RecordingHandler:
         self.permanent_failures: set[str] = set()
         self.attempts: dict[str, int] = {}
 
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         with self.lock:
             self.attempts[address] = self.attempts.get(address, 0) + 1
             if address in self.permanent_failures:
@@ -70,7 +70,7 @@ class _RecordingHandler:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+    async def handle_DATA(self, server, session, envelope):
         received = ReceivedMessage(envelope.mail_from, list(envelope.rcpt_tos), envelope.content)
         with self.lock:
             self.messages.append(received)

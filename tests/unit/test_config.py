@@ -15,7 +15,7 @@ PRODUCTION = {
 def test_no_variables_at_all_means_the_embedded_mode(tmp_path):
     settings = load_settings({}, tmp_path)
     assert settings.embedded
-    assert settings.DATABASE_URL == f"sqlite:///{tmp_path / 'newsletter.sqlite3'}"
+    assert f"sqlite:///{tmp_path / 'newsletter.sqlite3'}" == settings.DATABASE_URL
     assert settings.CELERY_BROKER_URL.startswith("sqla+sqlite:///")
     assert settings.uses_outbox
     assert settings.SEED_DEMO_TOPICS
@@ -23,7 +23,7 @@ def test_no_variables_at_all_means_the_embedded_mode(tmp_path):
 
 def test_the_embedded_secret_key_survives_a_restart(tmp_path):
     first = load_settings({}, tmp_path).SECRET_KEY
-    assert load_settings({}, tmp_path).SECRET_KEY == first
+    assert first == load_settings({}, tmp_path).SECRET_KEY
     assert len(first) >= 32
 
 
