@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 
@@ -64,6 +65,8 @@ def dev_command(host: str, port: int) -> None:
         click.echo(f"  Outbox:          {base}/outbox   (mail is stored here, not sent)")
     click.echo(f"  Database:        {settings.DATABASE_URL}\n")
     app = current_app._get_current_object()  # type: ignore[attr-defined]
+    # Stop the worker too when we are asked to stop, not only on Ctrl+C.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     try:
         run_simple(host, port, app, threaded=True, use_reloader=False)
     finally:

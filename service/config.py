@@ -50,6 +50,7 @@ class Settings:
     PUBLISHER_ORIGINS: tuple[str, ...]
     CONFIRM_TOKEN_MAX_AGE: int
     CONFIRM_ON_GET: bool
+    CONFIRMATION_RESEND_SECONDS: int
     DEFAULT_FREQUENCY: str
     MAX_FORM_BYTES: int
     DELIVERY_MAX_ATTEMPTS: int
@@ -128,6 +129,7 @@ def load_settings(environ: Mapping[str, str], instance_path: Path) -> Settings:
         PUBLISHER_ORIGINS=tuple(_origin(o) for o in env.list("PUBLISHER_ORIGINS")),
         CONFIRM_TOKEN_MAX_AGE=env.int("CONFIRM_TOKEN_MAX_AGE", 7 * 24 * 3600),
         CONFIRM_ON_GET=env.bool("CONFIRM_ON_GET", False),
+        CONFIRMATION_RESEND_SECONDS=env.int("CONFIRMATION_RESEND_SECONDS", 3600),
         DEFAULT_FREQUENCY=env.choice("DEFAULT_FREQUENCY", FREQUENCIES, "weekly"),
         MAX_FORM_BYTES=env.int("MAX_FORM_BYTES", 16 * 1024),
         DELIVERY_MAX_ATTEMPTS=env.int("DELIVERY_MAX_ATTEMPTS", 8),

@@ -128,6 +128,9 @@ class Subscriber(db.Model):
     # so tokens carry ids and this number rather than the address itself.
     token_epoch: Mapped[int] = mapped_column(default=1)
     last_delivery_error: Mapped[str | None] = mapped_column(Text)
+    # When we last queued a confirmation email; cleared when the reader confirms or
+    # leaves. Repeated form posts inside CONFIRMATION_RESEND_SECONDS send nothing more.
+    confirmation_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     unsubscribed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import select
@@ -19,7 +20,6 @@ from service.config import FREQUENCIES
 from service.models import (
     Delivery,
     DeliveryKind,
-    DeliveryState,
     Frequency,
     Subscriber,
     SubscriberStatus,
@@ -32,8 +32,7 @@ from service.models import (
 MAX_EMAIL_LENGTH = 254
 MAX_NAME_LENGTH = 200
 MAX_TOPICS = 20
-# Confirmation mail still on its way; a repeated form post adds no second one.
-_UNFINISHED_STATES = (DeliveryState.QUEUED, DeliveryState.SENDING, DeliveryState.DEFERRED)
+DEFAULT_RESEND_AFTER = timedelta(hours=1)
 
 
 class InvalidSubscription(Exception):
@@ -89,7 +88,10 @@ def active_topics(session: Session) -> list[Topic]:
 
 
 def subscribe(
-    session: Session, request: SubscriptionRequest, default_frequency: str
+    session: Session,
+    request: SubscriptionRequest,
+    default_frequency: str,
+    resend_after: timedelta = DEFAULT_RESEND_AFTER,
 ) -> SubscribeOutcome:
     """Record a pending subscription and, when needed, a confirmation delivery.
 
@@ -113,9 +115,9 @@ def subscribe(
         subscriber.name = name if name is not None else subscriber.name
         subscriber.frequency = Frequency(frequency) if frequency else subscriber.frequency
 
-    newly_pending = _request_topics(session, subscriber, topics)
-    if newly_pending or _has_pending_topics(subscriber):
-        delivery = _queue_confirmation(session, subscriber)
+    _request_topics(session, subscriber, topics)
+    if _has_pending_topics(subscriber):
+        delivery = _queue_confirmation(session, subscriber, resend_after)
         if delivery is not None:
             outcome.delivery_ids.append(delivery.id)
     return outcome
@@ -134,6 +136,7 @@ def confirm_subscription(session: Session, subscriber_id: int, token_epoch: int)
     if subscriber.status != SubscriberStatus.CONFIRMED:
         subscriber.status = SubscriberStatus.CONFIRMED
         subscriber.confirmed_at = now
+    subscriber.confirmation_requested_at = None
     for subscription in subscriber.subscriptions:
         if subscription.status == SubscriptionStatus.PENDING:
             subscription.status = SubscriptionStatus.CONFIRMED
@@ -154,6 +157,7 @@ def unsubscribe(session: Session, subscriber_id: int) -> Subscriber | None:
         subscriber.status = SubscriberStatus.UNSUBSCRIBED
         subscriber.unsubscribed_at = now
         subscriber.token_epoch += 1
+    subscriber.confirmation_requested_at = None
     for subscription in subscriber.subscriptions:
         if subscription.status != SubscriptionStatus.UNSUBSCRIBED:
             subscription.status = SubscriptionStatus.UNSUBSCRIBED
@@ -223,7 +227,8 @@ def update_preferences(
 
 
 def request_new_confirmation(
-    session: Session, subscriber_id: int, token_epoch: int
+    session: Session, subscriber_id: int, token_epoch: int,
+    resend_after: timedelta = DEFAULT_RESEND_AFTER,
 ) -> Delivery | None:
     """Queue a fresh confirmation email for a reader whose link expired.
 
@@ -236,7 +241,7 @@ def request_new_confirmation(
         or not _has_pending_topics(subscriber)
     ):
         return None
-    return _queue_confirmation(session, subscriber)
+    return _queue_confirmation(session, subscriber, resend_after)
 
 
 def subscribed_topic_ids(subscriber: Subscriber) -> set[int]:
@@ -323,39 +328,34 @@ def _get_or_create_subscriber(
     return subscriber
 
 
-def _request_topics(session: Session, subscriber: Subscriber, topics: Sequence[Topic]) -> bool:
-    """Mark the topics pending unless already confirmed; True if any changed."""
+def _request_topics(session: Session, subscriber: Subscriber, topics: Sequence[Topic]) -> None:
+    """Mark the topics pending unless already confirmed."""
     by_topic = {s.topic_id: s for s in subscriber.subscriptions}
-    changed = False
     for topic in topics:
         subscription = by_topic.get(topic.id)
         if subscription is None:
             subscriber.subscriptions.append(
                 Subscription(topic=topic, status=SubscriptionStatus.PENDING)
             )
-            changed = True
         elif subscription.status == SubscriptionStatus.UNSUBSCRIBED:
             subscription.status = SubscriptionStatus.PENDING
             subscription.unsubscribed_at = None
-            changed = True
     session.flush()
-    return changed
 
 
 def _has_pending_topics(subscriber: Subscriber) -> bool:
     return any(s.status == SubscriptionStatus.PENDING for s in subscriber.subscriptions)
 
 
-def _queue_confirmation(session: Session, subscriber: Subscriber) -> Delivery | None:
-    unfinished = session.scalars(
-        select(Delivery.id).where(
-            Delivery.subscriber_id == subscriber.id,
-            Delivery.kind == DeliveryKind.CONFIRMATION,
-            Delivery.state.in_(_UNFINISHED_STATES),
-        )
-    ).first()
-    if unfinished is not None:
+def _queue_confirmation(
+    session: Session, subscriber: Subscriber, resend_after: timedelta
+) -> Delivery | None:
+    """Queue a confirmation unless one was queued within ``resend_after``."""
+    now = utcnow()
+    last = subscriber.confirmation_requested_at
+    if last is not None and now - last < resend_after:
         return None
+    subscriber.confirmation_requested_at = now
     delivery = Delivery(kind=DeliveryKind.CONFIRMATION, subscriber=subscriber)
     session.add(delivery)
     session.flush()

@@ -5,7 +5,11 @@ import sys
 from service import create_app
 from service.config import ConfigError
 
+# Gunicorn halts instead of rebooting workers forever when one exits with 3.
+GUNICORN_WORKER_BOOT_ERROR = 3
+
 try:
     app = create_app()
 except ConfigError as error:
-    sys.exit(f"configuration error: {error}")
+    print(f"configuration error: {error}", file=sys.stderr)
+    sys.exit(GUNICORN_WORKER_BOOT_ERROR)

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterable
 
 from celery import shared_task
+from flask import current_app
 from kombu.exceptions import OperationalError
 
 from service.config import get_settings
@@ -44,10 +45,12 @@ def publish_deliveries(delivery_ids: Iterable[int]) -> int:
     Call only after the rows are committed. If the broker is down the rows stay
     queued and the sweep publishes them later, so the caller carries on.
     """
+    # The task as bound to this Flask app's Celery app, not Celery's process-wide default.
+    task = current_app.extensions["celery"].tasks[send_delivery.name]
     published = 0
     for delivery_id in delivery_ids:
         try:
-            send_delivery.apply_async((delivery_id,))
+            task.apply_async((delivery_id,))
         except OperationalError as error:
             log.warning("broker unavailable, delivery %s left for the sweep: %s", delivery_id, error)
             break

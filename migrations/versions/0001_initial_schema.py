@@ -36,6 +36,7 @@ def upgrade():
     sa.Column('status', sa.Enum('pending', 'confirmed', 'unsubscribed', name='subscriber_status', native_enum=False, create_constraint=True, length=20), nullable=False),
     sa.Column('token_epoch', sa.Integer(), nullable=False),
     sa.Column('last_delivery_error', sa.Text(), nullable=True),
+    sa.Column('confirmation_requested_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('confirmed_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('unsubscribed_at', sa.DateTime(timezone=True), nullable=True),

@@ -6,6 +6,7 @@ task that sends mail, and render.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 from flask import Blueprint, jsonify, redirect, render_template, request
@@ -100,6 +101,7 @@ def subscribe_post():  # type: ignore[no-untyped-def]
                 frequency=form.get("frequency") or None,
             ),
             default_frequency=settings.DEFAULT_FREQUENCY,
+            resend_after=timedelta(seconds=settings.CONFIRMATION_RESEND_SECONDS),
         )
     except InvalidSubscription as invalid:
         db.session.rollback()
@@ -140,7 +142,8 @@ def resend_confirmation():  # type: ignore[no-untyped-def]
     claims = signer().read(TokenPurpose.CONFIRM, form.get("token"))  # any age: it was ours
     subscriber_id, epoch = claims.get("sid"), claims.get("e")
     if isinstance(subscriber_id, int) and isinstance(epoch, int):
-        delivery = request_new_confirmation(db.session, subscriber_id, epoch)
+        resend_after = timedelta(seconds=get_settings().CONFIRMATION_RESEND_SECONDS)
+        delivery = request_new_confirmation(db.session, subscriber_id, epoch, resend_after)
         db.session.commit()
         if delivery is not None:
             publish_deliveries([delivery.id])

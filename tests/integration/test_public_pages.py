@@ -4,6 +4,7 @@ No worker runs here: these tests read the rows the requests wrote.
 """
 
 import time
+from datetime import timedelta
 
 import pytest
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
@@ -11,7 +12,7 @@ from sqlalchemy import func, select
 
 from service import tokens
 from service.extensions import db
-from service.models import Delivery, Subscriber, SubscriberStatus, SubscriptionStatus
+from service.models import Delivery, Subscriber, SubscriberStatus, SubscriptionStatus, utcnow
 from service.subscriptions import SubscriptionRequest, confirm_subscription, subscribe
 
 FORM = {"email": "peggy@example.com", "topics": "marvel-news"}
@@ -260,7 +261,10 @@ def _expired_confirm_token(app, subscriber_id: int, epoch: int) -> str:
 def test_an_expired_link_offers_a_new_email_which_queues_one(app, client):
     subscriber_id = _pending_subscriber(app)
     with app.app_context():
+        # The first email went out a month ago, as the link's age says.
         db.session.execute(db.update(Delivery).values(state="sent"))
+        db.session.execute(db.update(Subscriber).values(
+            confirmation_requested_at=utcnow() - timedelta(days=30)))
         db.session.commit()
     token = _expired_confirm_token(app, subscriber_id, 1)
     response = client.post(f"/confirm/{token}")

@@ -1,5 +1,7 @@
 """The subscription lifecycle, called directly with a session (no HTTP, no Celery)."""
 
+from datetime import timedelta
+
 import pytest
 from sqlalchemy import func, select
 
@@ -12,6 +14,7 @@ from service.models import (
     SubscriberStatus,
     SubscriptionStatus,
     Topic,
+    utcnow,
 )
 from service.subscriptions import (
     InvalidLink,
@@ -59,12 +62,21 @@ def test_the_address_is_stored_in_one_normal_form(session):
     assert session.get(Subscriber, first.subscriber_id).email == "peggy.carter@example.com"
 
 
-def test_repeated_submits_queue_no_second_confirmation_while_one_is_on_its_way(session):
+def test_repeated_submits_within_the_resend_window_queue_one_confirmation(session):
     first = _subscribe(session)
     second = _subscribe(session)
     assert len(first.delivery_ids) == 1
     assert second.delivery_ids == []
     assert _count(session, Delivery) == 1
+
+
+def test_a_pending_reader_posting_again_after_the_window_gets_a_new_email(session):
+    first = _subscribe(session)
+    subscriber = session.get(Subscriber, first.subscriber_id)
+    subscriber.confirmation_requested_at = utcnow() - timedelta(hours=2)
+    session.commit()
+    assert len(_subscribe(session).delivery_ids) == 1
+    assert _count(session, Delivery) == 2
 
 
 def test_a_topic_defaults_the_frequency_when_the_reader_gives_none(session):
@@ -251,7 +263,8 @@ def test_preferences_refuse_unknown_topics_and_frequencies(session):
 def test_a_new_confirmation_is_queued_only_for_a_pending_reader_with_a_current_link(session):
     outcome = _subscribe(session)
     subscriber = session.get(Subscriber, outcome.subscriber_id)
-    session.get(Delivery, outcome.delivery_ids[0]).state = DeliveryState.SENT
+    assert request_new_confirmation(session, subscriber.id, subscriber.token_epoch) is None  # too soon
+    subscriber.confirmation_requested_at = utcnow() - timedelta(days=8)
     assert request_new_confirmation(session, subscriber.id, subscriber.token_epoch + 1) is None
     assert request_new_confirmation(session, subscriber.id, subscriber.token_epoch) is not None
     session.commit()

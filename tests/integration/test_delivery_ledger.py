@@ -1,0 +1,140 @@
+"""service.deliveries.deliver against the real SMTP server, without Celery."""
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from service.config import get_settings
+from service.deliveries import RetryLater, deliver, reschedule_stalled, stalled_delivery_ids
+from service.mail.transport import OutboxTransport, SMTPSettings, SMTPTransport, transport_for
+from service.models import CapturedEmail, Delivery, DeliveryState, Subscriber, utcnow
+from service.subscriptions import SubscriptionRequest, subscribe, unsubscribe
+
+EMAIL = "peggy@example.com"
+
+
+@pytest.fixture
+def delivery_id(session) -> int:
+    outcome = subscribe(session, SubscriptionRequest(EMAIL, ["marvel-news"], name="Peggy"), "weekly")
+    session.commit()
+    return outcome.delivery_ids[0]
+
+
+def _send(session, delivery_id):
+    settings = get_settings()
+    with SMTPTransport(SMTPSettings(settings.SMTP_HOST, settings.SMTP_PORT)) as transport:
+        return deliver(session, delivery_id, transport, settings)
+
+
+def test_a_queued_confirmation_is_sent_and_recorded(session, smtp, delivery_id):
+    result = _send(session, delivery_id)
+    assert result.state == DeliveryState.SENT
+    delivery = session.get(Delivery, delivery_id)
+    assert delivery.attempts == 1
+    assert delivery.sent_at is not None
+    [received] = smtp.wait_for(EMAIL)
+    assert received.message["Message-ID"] == delivery.message_id
+    assert received.mail_from == "news@example.com"
+
+
+def test_a_delivery_is_sent_once_however_often_it_is_run(session, smtp, delivery_id):
+    assert _send(session, delivery_id).state == DeliveryState.SENT
+    assert _send(session, delivery_id).state is None
+    assert len(smtp.messages_to(EMAIL)) == 1
+
+
+def test_a_delivery_that_another_worker_holds_is_left_alone(session, smtp, delivery_id):
+    session.get(Delivery, delivery_id).state = DeliveryState.SENDING
+    session.commit()
+    assert _send(session, delivery_id).state is None
+    assert smtp.messages_to(EMAIL) == []
+
+
+def test_a_temporary_refusal_defers_the_delivery(session, smtp, delivery_id):
+    smtp.fail_temporarily(EMAIL, times=1)
+    with pytest.raises(RetryLater) as caught:
+        _send(session, delivery_id)
+    assert caught.value.countdown > 0
+    delivery = session.get(Delivery, delivery_id)
+    assert delivery.state == DeliveryState.DEFERRED
+    assert delivery.last_error.startswith("451")
+    assert delivery.next_attempt_at > utcnow()
+    assert _send(session, delivery_id).state == DeliveryState.SENT
+    assert session.get(Delivery, delivery_id).attempts == 2
+
+
+def test_a_permanent_refusal_fails_the_delivery_and_marks_the_subscriber(session, smtp, delivery_id):
+    smtp.fail_permanently(EMAIL)
+    assert _send(session, delivery_id).state == DeliveryState.FAILED
+    delivery = session.get(Delivery, delivery_id)
+    assert delivery.attempts == 1
+    assert delivery.subscriber.last_delivery_error.startswith("550")
+    assert _send(session, delivery_id).state is None  # never retried
+
+
+def test_attempts_are_capped(session, smtp, delivery_id):
+    smtp.fail_temporarily(EMAIL, times=100)
+    max_attempts = get_settings().DELIVERY_MAX_ATTEMPTS
+    for _ in range(max_attempts - 1):
+        with pytest.raises(RetryLater):
+            _send(session, delivery_id)
+    assert _send(session, delivery_id).state == DeliveryState.FAILED
+    delivery = session.get(Delivery, delivery_id)
+    assert delivery.attempts == max_attempts
+    assert "gave up" in delivery.last_error
+
+
+def test_an_unreachable_server_is_a_temporary_failure(session, smtp, delivery_id):
+    with smtp.down(), pytest.raises(RetryLater):
+        _send(session, delivery_id)
+    assert session.get(Delivery, delivery_id).last_error.startswith("connection problem")
+
+
+def test_nothing_is_sent_to_a_reader_who_left_before_the_mail_went_out(session, smtp, delivery_id):
+    subscriber_id = session.get(Delivery, delivery_id).subscriber_id
+    unsubscribe(session, subscriber_id)
+    session.commit()
+    assert _send(session, delivery_id).state == DeliveryState.SUPPRESSED
+    assert smtp.messages_to(EMAIL) == []
+
+
+def test_nothing_is_sent_when_the_subscriber_was_deleted(session, smtp, delivery_id):
+    session.delete(session.scalars(select(Subscriber)).one())
+    session.commit()
+    assert _send(session, delivery_id).state == DeliveryState.SUPPRESSED
+
+
+def test_the_outbox_transport_keeps_the_message_in_the_database(session, delivery_id):
+    result = deliver(session, delivery_id, OutboxTransport(session), get_settings())
+    assert result.state == DeliveryState.SENT
+    captured = session.scalars(select(CapturedEmail)).one()
+    assert captured.recipients == EMAIL
+    assert captured.subject.startswith("Confirm your subscription")
+    assert b"List-Unsubscribe-Post: List-Unsubscribe=One-Click" in captured.raw
+
+
+def test_transport_for_picks_smtp_when_a_host_is_set(app):
+    with app.app_context():
+        assert isinstance(transport_for(get_settings(), None), SMTPTransport)
+
+
+def test_the_sweep_finds_deliveries_whose_task_was_lost(session, delivery_id):
+    settings = get_settings()
+    assert stalled_delivery_ids(session, settings) == []  # just queued: its task may be on its way
+    delivery = session.get(Delivery, delivery_id)
+    delivery.next_attempt_at = utcnow() - timedelta(seconds=settings.DELIVERY_STALE_SECONDS + 5)
+    session.commit()
+    assert reschedule_stalled(session, settings) == [delivery_id]
+    # Rescheduled rows are not swept again straight away.
+    assert stalled_delivery_ids(session, settings) == []
+
+
+def test_the_sweep_takes_back_a_delivery_whose_worker_died_mid_send(session, smtp, delivery_id):
+    settings = get_settings()
+    delivery = session.get(Delivery, delivery_id)
+    delivery.state = DeliveryState.SENDING
+    delivery.updated_at = utcnow() - timedelta(seconds=settings.DELIVERY_LEASE_SECONDS + 5)
+    session.commit()
+    assert stalled_delivery_ids(session, settings) == [delivery_id]
+    assert _send(session, delivery_id).state == DeliveryState.SENT
