@@ -13,6 +13,7 @@ from flask.cli import with_appcontext
 from werkzeug.serving import run_simple
 
 from service.config import get_settings
+from service.content_commands import digests, topics
 from service.extensions import db
 from service.topics import seed_demo_topics
 from tasks.delivery import sweep_stalled_deliveries
@@ -22,6 +23,8 @@ def register_commands(app: Flask) -> None:
     app.cli.add_command(seed_demo_command)
     app.cli.add_command(sweep_command)
     app.cli.add_command(dev_command)
+    app.cli.add_command(topics)
+    app.cli.add_command(digests)
 
 
 @click.command("seed-demo")

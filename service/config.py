@@ -24,6 +24,7 @@ from flask import current_app
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SMTP_SECURITY_MODES = ("none", "starttls", "tls")
 FREQUENCIES = ("daily", "weekly")
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
 class ConfigError(Exception):
@@ -59,6 +60,18 @@ class Settings:
     DELIVERY_STALE_SECONDS: float
     DELIVERY_LEASE_SECONDS: float
     SEED_DEMO_TOPICS: bool
+    DIGEST_MAIL_FROM: str
+    DIGEST_SEND_HOUR: int
+    DIGEST_WEEKLY_DAY: str
+    DIGEST_MAX_ARTICLES_PER_TOPIC: int
+    DIGEST_MAX_ARTICLES: int
+    DIGEST_BATCH_SIZE: int
+    DIGEST_SCHEDULE_SECONDS: float
+    PUBLISHER_NAME: str
+    PUBLISHER_POSTAL_ADDRESS: str
+    FEED_POLL_SECONDS: float
+    FEED_FETCH_TIMEOUT: float
+    FEED_MAX_BYTES: int
     LOG_LEVEL: str
     INSTANCE_PATH: Path
     embedded: bool = field(default=False)
@@ -112,13 +125,14 @@ def load_settings(environ: Mapping[str, str], instance_path: Path) -> Settings:
     elif len(secret_key) < 16:
         raise ConfigError("SECRET_KEY must be at least 16 characters long")
 
+    mail_from = env.mailbox("MAIL_FROM", "Newsletter <newsletter@localhost>")
     settings = Settings(
         DATABASE_URL=_normalise_database_url(database_url),
         CELERY_BROKER_URL=broker_url,
         SECRET_KEY=secret_key,
         SECRET_KEY_FALLBACKS=env.list("SECRET_KEY_FALLBACKS"),
         PUBLIC_BASE_URL=env.url("PUBLIC_BASE_URL", "http://127.0.0.1:5000"),
-        MAIL_FROM=env.mailbox("MAIL_FROM", "Newsletter <newsletter@localhost>"),
+        MAIL_FROM=mail_from,
         SMTP_HOST=env.str("SMTP_HOST"),
         SMTP_PORT=env.int("SMTP_PORT", _default_smtp_port(env.str("SMTP_SECURITY"))),
         SMTP_USERNAME=env.str("SMTP_USERNAME"),
@@ -138,6 +152,18 @@ def load_settings(environ: Mapping[str, str], instance_path: Path) -> Settings:
         DELIVERY_STALE_SECONDS=env.float("DELIVERY_STALE_SECONDS", 120.0),
         DELIVERY_LEASE_SECONDS=env.float("DELIVERY_LEASE_SECONDS", 600.0),
         SEED_DEMO_TOPICS=env.bool("SEED_DEMO_TOPICS", embedded),
+        DIGEST_MAIL_FROM=env.mailbox("DIGEST_MAIL_FROM", mail_from),
+        DIGEST_SEND_HOUR=env.int_range("DIGEST_SEND_HOUR", 8, 0, 23),
+        DIGEST_WEEKLY_DAY=env.choice("DIGEST_WEEKLY_DAY", WEEKDAYS, "monday"),
+        DIGEST_MAX_ARTICLES_PER_TOPIC=env.int("DIGEST_MAX_ARTICLES_PER_TOPIC", 8),
+        DIGEST_MAX_ARTICLES=env.int("DIGEST_MAX_ARTICLES", 30),
+        DIGEST_BATCH_SIZE=env.int("DIGEST_BATCH_SIZE", 500),
+        DIGEST_SCHEDULE_SECONDS=env.float("DIGEST_SCHEDULE_SECONDS", 300.0),
+        PUBLISHER_NAME=env.str("PUBLISHER_NAME") or parseaddr(mail_from)[0] or "Newsletter",
+        PUBLISHER_POSTAL_ADDRESS=env.str("PUBLISHER_POSTAL_ADDRESS") or "",
+        FEED_POLL_SECONDS=env.float("FEED_POLL_SECONDS", 900.0),
+        FEED_FETCH_TIMEOUT=env.float("FEED_FETCH_TIMEOUT", 20.0),
+        FEED_MAX_BYTES=env.int("FEED_MAX_BYTES", 5 * 1024 * 1024),
         LOG_LEVEL=env.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
         INSTANCE_PATH=instance_path,
         embedded=embedded,
@@ -171,6 +197,18 @@ class _Env:
             raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
         if value <= 0:
             raise ConfigError(f"{name} must be positive, got {raw!r}")
+        return value
+
+    def int_range(self, name: str, default: int, low: int, high: int) -> int:
+        raw = self.str(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+        if not low <= value <= high:
+            raise ConfigError(f"{name} must be between {low} and {high}, got {raw!r}")
         return value
 
     def float(self, name: str, default: float) -> float:

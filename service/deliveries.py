@@ -19,7 +19,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.config import Settings
-from service.mail.compose import compose_confirmation
+from service.mail.compose import compose_confirmation, compose_digest
 from service.mail.message import OutgoingMessage, build_mime
 from service.mail.transport import PermanentSendError, TemporarySendError, Transport
 from service.models import (
@@ -51,7 +51,10 @@ class DeliveryResult:
 
 
 Composer = Callable[[Delivery, Subscriber, Settings, datetime], OutgoingMessage]
-_COMPOSERS: dict[DeliveryKind, Composer] = {DeliveryKind.CONFIRMATION: compose_confirmation}
+_COMPOSERS: dict[DeliveryKind, Composer] = {
+    DeliveryKind.CONFIRMATION: compose_confirmation,
+    DeliveryKind.DIGEST: compose_digest,
+}
 
 
 def deliver(session: Session, delivery_id: int, transport: Transport, settings: Settings
@@ -142,6 +145,8 @@ def _why_not_wanted(delivery: Delivery, subscriber: Subscriber | None) -> str | 
         s.status == SubscriptionStatus.PENDING for s in subscriber.subscriptions
     ):
         return "nothing left to confirm"
+    if delivery.kind == DeliveryKind.DIGEST and subscriber.status != SubscriberStatus.CONFIRMED:
+        return "subscriber not confirmed"
     return None
 
 
@@ -182,3 +187,22 @@ def reschedule_stalled(session: Session, settings: Settings, limit: int = 500) -
         )
         session.commit()
     return ids
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    results: list[DeliveryResult]
+    retries: list[tuple[int, float]]  # (delivery id, seconds until its next attempt)
+
+
+def deliver_many(session: Session, delivery_ids: list[int], transport: Transport, settings: Settings
+                 ) -> BatchResult:
+    """Send several deliveries over one transport (one SMTP connection)."""
+    results: list[DeliveryResult] = []
+    retries: list[tuple[int, float]] = []
+    for delivery_id in delivery_ids:
+        try:
+            results.append(deliver(session, delivery_id, transport, settings))
+        except RetryLater as later:
+            retries.append((delivery_id, later.countdown))
+    return BatchResult(results, retries)

@@ -12,12 +12,14 @@ import enum
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    Column,
     DateTime,
     Enum,
     ForeignKey,
     Index,
     LargeBinary,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -84,6 +86,7 @@ class Frequency(enum.StrEnum):
 
 class DeliveryKind(enum.StrEnum):
     CONFIRMATION = "confirmation"
+    DIGEST = "digest"
 
 
 class DeliveryState(enum.StrEnum):
@@ -106,9 +109,71 @@ class Topic(db.Model):
     retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
+    tags: Mapped[list[Tag]] = relationship(secondary=lambda: topic_tags, order_by=lambda: Tag.name)
+
     @property
     def is_active(self) -> bool:
         return self.retired_at is None
+
+
+class Tag(db.Model):
+    """A normalised label; topics and articles meet through shared tags."""
+
+    __tablename__ = "tags"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+
+
+topic_tags = Table(
+    "topic_tags",
+    db.metadata,
+    Column("topic_id", ForeignKey("topics.id", ondelete="CASCADE"), primary_key=True),
+    Column("tag_id", ForeignKey("tags.id", ondelete="CASCADE"), primary_key=True, index=True),
+)
+
+article_tags = Table(
+    "article_tags",
+    db.metadata,
+    Column("article_id", ForeignKey("articles.id", ondelete="CASCADE"), primary_key=True),
+    Column("tag_id", ForeignKey("tags.id", ondelete="CASCADE"), primary_key=True, index=True),
+)
+
+
+class Feed(db.Model):
+    """An RSS or Atom feed polled for articles; a topic's feed tags its entries for it."""
+
+    __tablename__ = "feeds"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048), unique=True)
+    topic_id: Mapped[int | None] = mapped_column(ForeignKey("topics.id", ondelete="SET NULL"))
+    etag: Mapped[str | None] = mapped_column(String(500))
+    last_modified: Mapped[str | None] = mapped_column(String(100))
+    last_polled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    topic: Mapped[Topic | None] = relationship()
+
+
+class Article(db.Model):
+    __tablename__ = "articles"
+    __table_args__ = (Index("ix_articles_published_at", "published_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    external_id: Mapped[str | None] = mapped_column(String(500), unique=True)
+    url: Mapped[str] = mapped_column(String(2048), unique=True)
+    title: Mapped[str] = mapped_column(String(500))
+    summary: Mapped[str] = mapped_column(Text, default="")
+    author: Mapped[str | None] = mapped_column(String(200))
+    image_url: Mapped[str | None] = mapped_column(String(2048))
+    published_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    feed_id: Mapped[int | None] = mapped_column(ForeignKey("feeds.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    tags: Mapped[list[Tag]] = relationship(secondary=lambda: article_tags, order_by=lambda: Tag.name)
 
 
 class Subscriber(db.Model):
@@ -131,6 +196,11 @@ class Subscriber(db.Model):
     # When we last queued a confirmation email; cleared when the reader confirms or
     # leaves. Repeated form posts inside CONFIRMATION_RESEND_SECONDS send nothing more.
     confirmation_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # IANA zone name; the digest goes out at the send hour in this zone.
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
+    # Digests carry articles published after this moment: set at confirmation and
+    # moved forward each time a digest is planned, so nobody gets a flood of old news.
+    digest_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     unsubscribed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -164,6 +234,9 @@ class Delivery(db.Model):
     __tablename__ = "deliveries"
     __table_args__ = (
         Index("ix_deliveries_state_next_attempt_at", "state", "next_attempt_at"),
+        # One digest per subscriber and period, however often planning runs.
+        # (NULL periods, as confirmations have, never collide.)
+        UniqueConstraint("subscriber_id", "kind", "period", name="uq_deliveries_subscriber_period"),
         {"sqlite_autoincrement": True},
     )
 
@@ -175,6 +248,7 @@ class Delivery(db.Model):
     state: Mapped[DeliveryState] = mapped_column(
         _enum(DeliveryState, "delivery_state"), default=DeliveryState.QUEUED
     )
+    period: Mapped[str | None] = mapped_column(String(40))
     attempts: Mapped[int] = mapped_column(default=0)
     message_id: Mapped[str | None] = mapped_column(String(255))
     last_error: Mapped[str | None] = mapped_column(Text)
@@ -184,6 +258,23 @@ class Delivery(db.Model):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     subscriber: Mapped[Subscriber | None] = relationship()
+
+
+class DigestItem(db.Model):
+    """An article planned into a subscriber's digest, under one of their topics."""
+
+    __tablename__ = "digest_items"
+    # The guarantee that an article never reaches the same person twice.
+    __table_args__ = (UniqueConstraint("subscriber_id", "article_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"), index=True)
+    subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    article_id: Mapped[int] = mapped_column(ForeignKey("articles.id", ondelete="CASCADE"), index=True)
+    topic_id: Mapped[int] = mapped_column(ForeignKey("topics.id"))
+
+    article: Mapped[Article] = relationship()
+    topic: Mapped[Topic] = relationship()
 
 
 class CapturedEmail(db.Model):

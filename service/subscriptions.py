@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.config import FREQUENCIES
+from service.errors import InvalidInput
 from service.models import (
     Delivery,
     DeliveryKind,
@@ -35,15 +36,8 @@ MAX_TOPICS = 20
 DEFAULT_RESEND_AFTER = timedelta(hours=1)
 
 
-class InvalidSubscription(Exception):
-    """One or more fields of a subscription request are wrong.
-
-    ``errors`` maps each field name to a message a reader can act on.
-    """
-
-    def __init__(self, errors: dict[str, str]) -> None:
-        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
-        self.errors = errors
+class InvalidSubscription(InvalidInput):
+    """One or more fields were refused; ``errors`` maps field names to messages."""
 
 
 class InvalidLink(Exception):
@@ -136,6 +130,8 @@ def confirm_subscription(session: Session, subscriber_id: int, token_epoch: int)
     if subscriber.status != SubscriberStatus.CONFIRMED:
         subscriber.status = SubscriberStatus.CONFIRMED
         subscriber.confirmed_at = now
+        # Digests start from now: a new reader does not get a flood of old articles.
+        subscriber.digest_since = now
     subscriber.confirmation_requested_at = None
     for subscription in subscriber.subscriptions:
         if subscription.status == SubscriptionStatus.PENDING:
@@ -200,6 +196,7 @@ def update_preferences(
     if subscriber.status == SubscriberStatus.UNSUBSCRIBED:
         subscriber.status = SubscriberStatus.CONFIRMED
         subscriber.confirmed_at = now
+        subscriber.digest_since = now
         subscriber.unsubscribed_at = None
     wanted_state = (
         SubscriptionStatus.PENDING

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from service.config import Settings
 
 SWEEP_STALLED_DELIVERIES = "newsletter.sweep_stalled_deliveries"
+PLAN_DUE_DIGESTS = "newsletter.plan_due_digests"
 
 
 def celery_init_app(app: Flask, settings: Settings) -> Celery:
@@ -55,11 +56,15 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         "task_publish_retry_policy": {
             "max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1,
         },
-        "include": ["tasks.delivery"],
+        "include": ["tasks.delivery", "tasks.digests"],
         "beat_schedule": {
             "sweep-stalled-deliveries": {
                 "task": SWEEP_STALLED_DELIVERIES,
                 "schedule": settings.DELIVERY_SWEEP_SECONDS,
+            },
+            "plan-due-digests": {
+                "task": PLAN_DUE_DIGESTS,
+                "schedule": settings.DIGEST_SCHEDULE_SECONDS,
             },
         },
     }

@@ -33,10 +33,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-TEST_DATABASE = "newsletter_test"
+TEST_DATABASE = os.environ.get("TEST_DATABASE_NAME", "newsletter_test")
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 PUBLIC_BASE_URL = "http://newsletter.example.com"
-TABLES = ("captured_emails", "deliveries", "subscriptions", "subscribers", "topics")
 
 
 @dataclass
@@ -132,12 +131,23 @@ def reset_state(app: Flask) -> None:
     """Empty every table and the task queue."""
     with app.app_context():
         app.extensions["celery"].control.purge()
-        if db.engine.dialect.name == "postgresql":
-            db.session.execute(sa.text(f"TRUNCATE {', '.join(TABLES)} CASCADE"))
-        else:
-            for table in TABLES:
-                db.session.execute(sa.text(f"DELETE FROM {table}"))
-        db.session.commit()
+        tables = [table.name for table in reversed(db.metadata.sorted_tables)]
+        for attempt in range(5):
+            try:
+                if db.engine.dialect.name == "postgresql":
+                    db.session.execute(sa.text(f"TRUNCATE {', '.join(tables)} CASCADE"))
+                else:
+                    for table in tables:
+                        db.session.execute(sa.text(f"DELETE FROM {table}"))
+                db.session.commit()
+                break
+            except OperationalError:
+                # A worker still finishing the previous test's leftovers can
+                # deadlock with TRUNCATE's table locks; PostgreSQL picks us, we retry.
+                db.session.rollback()
+                if attempt == 4:
+                    raise
+                time.sleep(0.2)
         db.session.remove()
 
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parseaddr
+
+from sqlalchemy import select
+from sqlalchemy.orm import joinedload, object_session
 
 from service import links
 from service.config import Settings
 from service.mail.message import OutgoingMessage, make_message_id
-from service.mail.rendering import render_email
-from service.models import Delivery, Subscriber, SubscriptionStatus
+from service.mail.rendering import RenderedEmail, render_email
+from service.models import Article, Delivery, DigestItem, Subscriber, SubscriptionStatus, Topic
 
 
 def list_unsubscribe_headers(subscriber_id: int) -> list[tuple[str, str]]:
@@ -63,3 +68,69 @@ def stable_message_id(delivery: Delivery, domain: str) -> str:
 def _display_name(mailbox: str) -> str:
     name, address = parseaddr(mailbox)
     return name or address
+
+
+@dataclass(frozen=True)
+class DigestSection:
+    topic: Topic
+    articles: list[Article]
+
+
+def digest_sections(pairs: Iterable[tuple[Topic, Article]]) -> list[DigestSection]:
+    """Group articles by topic (topics by name), newest article first in each."""
+    by_topic: dict[int, DigestSection] = {}
+    for topic, article in pairs:
+        by_topic.setdefault(topic.id, DigestSection(topic, [])).articles.append(article)
+    sections = sorted(by_topic.values(), key=lambda section: section.topic.name.casefold())
+    for section in sections:
+        section.articles.sort(key=lambda article: (article.published_at, article.id), reverse=True)
+    return sections
+
+
+def render_digest(subscriber: Subscriber, sections: list[DigestSection], settings: Settings
+                  ) -> RenderedEmail:
+    """The digest's subject, HTML and text for this subscriber."""
+    return render_email("digest", {
+        "name": subscriber.name,
+        "email": subscriber.email,
+        "sections": sections,
+        "article_count": sum(len(section.articles) for section in sections),
+        "publisher_name": settings.PUBLISHER_NAME,
+        "postal_address": settings.PUBLISHER_POSTAL_ADDRESS,
+        "frequency": subscriber.frequency.value,
+        "unsubscribe_url": links.unsubscribe_url(subscriber.id),
+        "preferences_url": links.preferences_url(subscriber.id),
+    })
+
+
+def compose_digest(delivery: Delivery, subscriber: Subscriber, settings: Settings, now: datetime
+                   ) -> OutgoingMessage:
+    """The digest planned into this delivery's items."""
+    session = object_session(delivery)
+    assert session is not None
+    items = session.scalars(
+        select(DigestItem)
+        .options(joinedload(DigestItem.article), joinedload(DigestItem.topic))
+        .where(DigestItem.delivery_id == delivery.id)
+    ).all()
+    rendered = render_digest(subscriber, digest_sections((i.topic, i.article) for i in items), settings)
+    return OutgoingMessage(
+        mail_from=settings.DIGEST_MAIL_FROM,
+        to=subscriber.email,
+        subject=rendered.subject,
+        text=rendered.text,
+        html=rendered.html,
+        message_id=stable_message_id(delivery, settings.mail_domain),
+        date=now,
+        extra_headers=(
+            *list_unsubscribe_headers(subscriber.id),
+            ("List-Id", list_id(settings)),
+            ("Auto-Submitted", "auto-generated"),
+        ),
+    )
+
+
+def list_id(settings: Settings) -> str:
+    """RFC 2919 List-Id of the digest stream: a phrase and a dot-atom on our domain."""
+    phrase = settings.PUBLISHER_NAME.replace('"', "").replace("\\", "")
+    return f'"{phrase} digest" <digest.{settings.mail_domain}>'

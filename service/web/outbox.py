@@ -9,9 +9,11 @@ from __future__ import annotations
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 
-from flask import Blueprint, Response, abort, render_template
+from flask import Blueprint, Response, abort, render_template, request
 from sqlalchemy import select
 
+from service.config import get_settings
+from service.digests import find_subscriber, preview_digest
 from service.extensions import db
 from service.models import CapturedEmail
 
@@ -36,6 +38,16 @@ def outbox_message(email_id: int) -> str:
         "outbox_message.html", email=captured, headers=list(parsed.items()),
         html=_body(parsed, "html"), text=_body(parsed, "plain"),
     )
+
+
+@bp.get("/preview")
+def digest_preview() -> str:
+    """The admin API's digest preview, for the embedded mode's readers of the outbox."""
+    email = request.args.get("email", "").strip()
+    subscriber = find_subscriber(db.session, email=email) if email else None
+    rendered = preview_digest(db.session, get_settings(), subscriber) if subscriber else None
+    return render_template("outbox_preview.html", email=email, subscriber=subscriber,
+                           rendered=rendered)
 
 
 @bp.get("/<int:email_id>/raw")

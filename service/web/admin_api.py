@@ -1,0 +1,239 @@
+"""The admin JSON API under /api/v1: articles, topics and digests.
+
+Every request needs ``Authorization: Bearer <ADMIN_API_TOKEN>``; without it,
+or with a wrong one, the answer is 401 and no data. With no ADMIN_API_TOKEN
+configured the API is closed.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from sqlalchemy import select
+from werkzeug.exceptions import HTTPException
+
+from service.articles import InvalidArticle, article_from_mapping, ingest_articles
+from service.config import FREQUENCIES, get_settings
+from service.digests import find_subscriber, preview_digest
+from service.errors import InvalidInput, NotFound
+from service.extensions import db
+from service.models import Article, Tag, Topic, article_tags
+from service.topics import (
+    create_topic,
+    get_topic,
+    list_topics,
+    retire_topic,
+    topic_changes_from_mapping,
+    topic_feed_urls,
+    update_topic,
+)
+from tasks.digests import send_digests_now
+
+bp = Blueprint("admin_api", __name__, url_prefix="/api/v1")
+MAX_BATCH = 1000
+
+
+@bp.before_request
+def require_admin_token():  # type: ignore[no-untyped-def]
+    expected = get_settings().ADMIN_API_TOKEN
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if (
+        expected
+        and scheme.lower() == "bearer"
+        and hmac.compare_digest(given.strip().encode(), expected.encode())
+    ):
+        return None
+    message = "A valid admin token is required." if expected else \
+        "The admin API is closed: set ADMIN_API_TOKEN to open it."
+    return (jsonify({"error": message}), 401,
+            {"WWW-Authenticate": 'Bearer realm="newsletter admin API"'})
+
+
+@bp.errorhandler(InvalidInput)
+def invalid_input(error: InvalidInput):  # type: ignore[no-untyped-def]
+    return jsonify({"error": "Some fields were refused.", "errors": error.errors}), 422
+
+
+@bp.errorhandler(NotFound)
+def not_found(error: NotFound):  # type: ignore[no-untyped-def]
+    return jsonify({"error": str(error)}), 404
+
+
+@bp.errorhandler(HTTPException)
+def http_error(error: HTTPException):  # type: ignore[no-untyped-def]
+    return jsonify({"error": error.description}), error.code or 500
+
+
+# ------------------------------------------------------------------ articles
+
+
+@bp.post("/articles")
+def post_articles():  # type: ignore[no-untyped-def]
+    """One article (an object), or many (a list, or {"articles": [...]})."""
+    body = _json_body()
+    single = isinstance(body, dict) and "articles" not in body
+    raw_items = [body] if single else (body.get("articles") if isinstance(body, dict) else body)
+    if not isinstance(raw_items, list) or not raw_items:
+        raise InvalidInput({"articles": "send an article object, or a non-empty list of them"})
+    if len(raw_items) > MAX_BATCH:
+        raise InvalidInput({"articles": f"at most {MAX_BATCH} articles per request"})
+    items, errors = [], {}
+    for index, raw in enumerate(raw_items):
+        try:
+            items.append(article_from_mapping(raw))
+        except InvalidArticle as invalid:
+            prefix = "" if single else f"articles[{index}]."
+            errors.update({f"{prefix}{field}": message for field, message in invalid.errors.items()})
+    if errors:
+        raise InvalidInput(errors)  # all or nothing: a batch is stored only when all of it is valid
+    results = ingest_articles(db.session, items)
+    db.session.commit()
+    status = 201 if any(r.created for r in results) else 200
+    payload = [{"id": r.article_id, "created": r.created, "url": item.url}
+               for r, item in zip(results, items, strict=True)]
+    return jsonify(payload[0] if single else {"articles": payload}), status
+
+
+@bp.get("/articles")
+def get_articles():  # type: ignore[no-untyped-def]
+    limit = min(request.args.get("limit", 50, type=int) or 50, 500)
+    query = select(Article).order_by(Article.published_at.desc(), Article.id.desc()).limit(limit)
+    if tag := request.args.get("tag"):
+        query = query.join(article_tags).join(Tag).where(Tag.name == tag.strip().casefold())
+    return jsonify({"articles": [_article_json(a) for a in db.session.scalars(query)]})
+
+
+# ------------------------------------------------------------------ topics
+
+
+@bp.get("/topics")
+def get_topics():  # type: ignore[no-untyped-def]
+    include_retired = request.args.get("include_retired", "").lower() in ("1", "true", "yes")
+    topics = list_topics(db.session, include_retired=include_retired)
+    return jsonify({"topics": [_topic_json(t) for t in topics]})
+
+
+@bp.post("/topics")
+def post_topic():  # type: ignore[no-untyped-def]
+    slug, changes = topic_changes_from_mapping(_json_body(), creating=True)
+    assert slug is not None
+    topic = create_topic(db.session, slug, changes)
+    db.session.commit()
+    return jsonify(_topic_json(topic)), 201
+
+
+@bp.get("/topics/<slug>")
+def get_one_topic(slug: str):  # type: ignore[no-untyped-def]
+    return jsonify(_topic_json(get_topic(db.session, slug)))
+
+
+@bp.patch("/topics/<slug>")
+def patch_topic(slug: str):  # type: ignore[no-untyped-def]
+    topic = get_topic(db.session, slug)
+    _, changes = topic_changes_from_mapping(_json_body(), creating=False)
+    update_topic(db.session, topic, changes)
+    db.session.commit()
+    return jsonify(_topic_json(topic))
+
+
+@bp.delete("/topics/<slug>")
+def delete_topic(slug: str):  # type: ignore[no-untyped-def]
+    """Retire the topic: hidden from forms and digests, its subscribers' history kept."""
+    topic = retire_topic(db.session, slug)
+    db.session.commit()
+    return jsonify(_topic_json(topic))
+
+
+# ------------------------------------------------------------------ digests
+
+
+@bp.get("/digests/preview")
+def digest_preview():  # type: ignore[no-untyped-def]
+    """What a subscriber would get now (?email= or ?subscriber_id=), sending nothing."""
+    output = request.args.get("format", "html")
+    if output not in ("html", "text", "json"):
+        raise InvalidInput({"format": "one of html, text, json"})
+    subscriber = find_subscriber(db.session, email=request.args.get("email"),
+                                 subscriber_id=request.args.get("subscriber_id", type=int))
+    if subscriber is None:
+        raise NotFound("no such subscriber")
+    rendered = preview_digest(db.session, get_settings(), subscriber)
+    if output == "json":
+        if rendered is None:
+            return jsonify({"empty": True, "subject": None, "html": None, "text": None})
+        return jsonify({"empty": False, "subject": rendered.subject, "html": rendered.html,
+                        "text": rendered.text})
+    if rendered is None:
+        return Response(status=204)
+    if output == "text":
+        return Response(rendered.text, mimetype="text/plain")
+    return Response(rendered.html, mimetype="text/html")
+
+
+@bp.post("/digests/send")
+def digest_send():  # type: ignore[no-untyped-def]
+    """Plan and send the current period's digests now, whatever the send hour.
+
+    Optional JSON: {"frequency": "daily"|"weekly", "topic": "<slug>"}. A second
+    call in the same period sends nothing more.
+    """
+    body = _json_body(optional=True)
+    body = {} if body is None else body
+    if not isinstance(body, dict):
+        raise InvalidInput({"body": "must be a JSON object"})
+    unknown = set(body) - {"frequency", "topic"}
+    if unknown:
+        raise InvalidInput({name: "unknown field" for name in sorted(unknown)})
+    frequency = body.get("frequency")
+    if frequency is not None and frequency not in FREQUENCIES:
+        raise InvalidInput({"frequency": f"one of {', '.join(FREQUENCIES)}"})
+    topic_id = None
+    if body.get("topic") is not None:
+        if not isinstance(body["topic"], str):
+            raise InvalidInput({"topic": "must be a topic slug"})
+        topic_id = get_topic(db.session, body["topic"], include_retired=False).id
+    task = current_app.extensions["celery"].tasks[send_digests_now.name]
+    try:
+        task.apply_async(kwargs={"frequency": frequency, "topic_id": topic_id})
+    except Exception:
+        # Nothing was planned yet, so nothing is lost: the caller can simply retry.
+        current_app.logger.exception("could not queue send_digests_now")
+        return jsonify({"error": "The task queue is unavailable; nothing was sent. Try again."}), 503
+    return jsonify({"status": "accepted", "frequency": frequency, "topic": body.get("topic")}), 202
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _json_body(optional: bool = False) -> Any:
+    if not request.get_data(cache=True):
+        if optional:
+            return None
+        raise InvalidInput({"body": "send a JSON body with Content-Type: application/json"})
+    if not request.is_json:
+        raise InvalidInput({"body": "send a JSON body with Content-Type: application/json"})
+    body = request.get_json(silent=True)
+    if body is None:
+        raise InvalidInput({"body": "is not valid JSON"})
+    return body
+
+
+def _article_json(article: Article) -> dict[str, Any]:
+    return {
+        "id": article.id, "external_id": article.external_id, "url": article.url,
+        "title": article.title, "summary": article.summary, "author": article.author,
+        "image_url": article.image_url, "published_at": article.published_at.isoformat(),
+        "tags": [t.name for t in article.tags],
+    }
+
+
+def _topic_json(topic: Topic) -> dict[str, Any]:
+    return {
+        "slug": topic.slug, "name": topic.name, "description": topic.description,
+        "tags": [t.name for t in topic.tags],
+        "default_frequency": topic.default_frequency.value if topic.default_frequency else None,
+        "feed_urls": topic_feed_urls(db.session, topic),
+        "retired_at": topic.retired_at.isoformat() if topic.retired_at else None,
+    }
