@@ -54,6 +54,7 @@ class ArticleInput:
 class IngestResult:
     article_id: int
     created: bool
+    changed: bool  # created, or any field or tag differs from what was stored
 
 
 def normalise_tag(raw: str) -> str:
@@ -118,7 +119,10 @@ def ingest_articles(session: Session, items: Sequence[ArticleInput], feed_id: in
     tag_rows = tags_by_name(session, {t for tags in item_tags for t in tags})
     results = []
     for item, tags in zip(items, item_tags, strict=True):
-        article = _find_existing(session, item)
+        article = find_existing_article(session, item)
+        if article is not None and article.url != item.url:
+            _refuse_url_of_another_article(session, article, item.url)
+        before = _fingerprint(article) if article is not None else None
         created = article is None
         if article is None:
             article = Article(url=item.url, title=item.title, published_at=item.published_at)
@@ -133,8 +137,21 @@ def ingest_articles(session: Session, items: Sequence[ArticleInput], feed_id: in
         article.feed_id = feed_id if feed_id is not None else article.feed_id
         article.tags = [tag_rows[name] for name in tags]
         session.flush()
-        results.append(IngestResult(article.id, created))
+        results.append(IngestResult(article.id, created, _fingerprint(article) != before))
     return results
+
+
+def _refuse_url_of_another_article(session: Session, article: Article, url: str) -> None:
+    """An article found by external id may move to a new URL, but not onto another article's."""
+    holder = session.scalars(select(Article.id).where(Article.url == url)).first()
+    if holder is not None and holder != article.id:
+        raise InvalidArticle({"url": "another article (with another external_id) already has this URL"})
+
+
+def _fingerprint(article: Article) -> tuple[object, ...]:
+    return (article.title, article.url, article.summary, article.author, article.image_url,
+            article.published_at, article.external_id, article.feed_id,
+            tuple(sorted(tag.name for tag in article.tags)))
 
 
 def _normalised(item: ArticleInput) -> ArticleInput:
@@ -163,7 +180,8 @@ def tags_by_name(session: Session, names: Iterable[str]) -> dict[str, Tag]:
     return found
 
 
-def _find_existing(session: Session, item: ArticleInput) -> Article | None:
+def find_existing_article(session: Session, item: ArticleInput) -> Article | None:
+    """The stored article this item updates: same external id, else same canonical URL."""
     if item.external_id:
         by_id = session.scalars(select(Article).where(Article.external_id == item.external_id)).first()
         if by_id is not None:

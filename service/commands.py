@@ -15,6 +15,7 @@ from werkzeug.serving import run_simple
 from service.config import get_settings
 from service.content_commands import digests, topics
 from service.extensions import db
+from service.feed_commands import register_feed_commands
 from service.topics import seed_demo_topics
 from tasks.delivery import sweep_stalled_deliveries
 
@@ -25,6 +26,7 @@ def register_commands(app: Flask) -> None:
     app.cli.add_command(dev_command)
     app.cli.add_command(topics)
     app.cli.add_command(digests)
+    register_feed_commands(app)
 
 
 @click.command("seed-demo")

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 SWEEP_STALLED_DELIVERIES = "newsletter.sweep_stalled_deliveries"
 PLAN_DUE_DIGESTS = "newsletter.plan_due_digests"
+POLL_FEEDS = "newsletter.poll_feeds"
 
 
 def celery_init_app(app: Flask, settings: Settings) -> Celery:
@@ -56,7 +57,7 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         "task_publish_retry_policy": {
             "max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1,
         },
-        "include": ["tasks.delivery", "tasks.digests"],
+        "include": ["tasks.delivery", "tasks.digests", "tasks.feeds"],
         "beat_schedule": {
             "sweep-stalled-deliveries": {
                 "task": SWEEP_STALLED_DELIVERIES,
@@ -65,6 +66,12 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
             "plan-due-digests": {
                 "task": PLAN_DUE_DIGESTS,
                 "schedule": settings.DIGEST_SCHEDULE_SECONDS,
+            },
+            "poll-feeds": {
+                "task": POLL_FEEDS,
+                "schedule": settings.FEED_POLL_SECONDS,
+                # A run still queued when the next is due is dropped, not doubled.
+                "options": {"expires": settings.FEED_POLL_SECONDS},
             },
         },
     }

@@ -271,3 +271,14 @@ def test_send_now_answers_503_when_the_broker_is_down(stack, app):
     response = broken.test_client().post("/api/v1/digests/send", headers=AUTH)
     assert response.status_code == 503
     assert "nothing was sent" in response.json["error"]
+
+
+def test_an_article_cannot_move_onto_another_articles_url(api):
+    first = {**ARTICLE, "external_id": "a", "url": "https://www.example.com/a"}
+    second = {**ARTICLE, "external_id": "b", "url": "https://www.example.com/b"}
+    api.post("/api/v1/articles", json={"articles": [first, second]}, headers=AUTH)
+    response = api.post("/api/v1/articles", json={**first, "url": second["url"]}, headers=AUTH)
+    assert response.status_code == 422
+    assert "url" in response.json["errors"]
+    urls = sorted(a["url"] for a in api.get("/api/v1/articles", headers=AUTH).json["articles"])
+    assert urls == ["https://www.example.com/a", "https://www.example.com/b"]
