@@ -29,6 +29,7 @@ from service.models import (
     Topic,
     utcnow,
 )
+from service.schedule import is_valid_timezone
 
 MAX_EMAIL_LENGTH = 254
 MAX_NAME_LENGTH = 200
@@ -50,6 +51,7 @@ class SubscriptionRequest:
     topic_slugs: Sequence[str]
     name: str | None = None
     frequency: str | None = None
+    timezone: str | None = None  # IANA name, e.g. from the browser's Intl API
 
 
 @dataclass
@@ -94,6 +96,7 @@ def subscribe(
     address that has not confirmed except the confirmation itself.
     """
     email, topics, name, frequency = _validate(session, request)
+    timezone = _clean_timezone(request.timezone, {})
     subscriber = _get_or_create_subscriber(
         session, email, name, frequency or _default_frequency(topics, default_frequency)
     )
@@ -108,6 +111,7 @@ def subscribe(
         # Nobody has proven they own this address yet, so the latest form wins.
         subscriber.name = name if name is not None else subscriber.name
         subscriber.frequency = Frequency(frequency) if frequency else subscriber.frequency
+        subscriber.timezone = timezone or subscriber.timezone or "UTC"
 
     _request_topics(session, subscriber, topics)
     if _has_pending_topics(subscriber):
@@ -166,6 +170,7 @@ class PreferencesUpdate:
     topic_slugs: Sequence[str]
     frequency: str
     name: str | None
+    timezone: str | None = None
 
 
 def update_preferences(
@@ -185,6 +190,7 @@ def update_preferences(
     if update.frequency not in FREQUENCIES:
         errors["frequency"] = f"Choose one of: {', '.join(FREQUENCIES)}."
     name = _clean_name(update.name, errors)
+    timezone = _clean_timezone(update.timezone, errors)
     if errors:
         raise InvalidSubscription(errors)
     if not topics:
@@ -192,6 +198,7 @@ def update_preferences(
 
     subscriber.frequency = Frequency(update.frequency)
     subscriber.name = name
+    subscriber.timezone = timezone or subscriber.timezone
     now = utcnow()
     if subscriber.status == SubscriberStatus.UNSUBSCRIBED:
         subscriber.status = SubscriberStatus.CONFIRMED
@@ -264,9 +271,18 @@ def _validate(
     if frequency is not None and frequency not in FREQUENCIES:
         errors["frequency"] = f"Choose one of: {', '.join(FREQUENCIES)}."
     name = _clean_name(request.name, errors)
+    _clean_timezone(request.timezone, errors)
     if errors:
         raise InvalidSubscription(errors)
     return email, topics, name, frequency
+
+
+def _clean_timezone(raw: str | None, errors: dict[str, str]) -> str | None:
+    timezone = (raw or "").strip() or None
+    if timezone is not None and (len(timezone) > 64 or not is_valid_timezone(timezone)):
+        errors["timezone"] = "Unknown time zone; use a name like Europe/Berlin."
+        return None
+    return timezone
 
 
 def _clean_name(raw: str | None, errors: dict[str, str]) -> str | None:

@@ -90,7 +90,8 @@ def subscribe_form() -> str:
 def subscribe_post():  # type: ignore[no-untyped-def]
     settings = get_settings()
     request.max_content_length = settings.MAX_FORM_BYTES
-    form = read_form(scalar_fields=("email", "name", "frequency", "next"), list_fields=("topics",))
+    form = read_form(scalar_fields=("email", "name", "frequency", "timezone", "next"),
+                     list_fields=("topics",))
     try:
         outcome = subscribe(
             db.session,
@@ -99,6 +100,7 @@ def subscribe_post():  # type: ignore[no-untyped-def]
                 topic_slugs=form.getlist("topics"),
                 name=form.get("name") or None,
                 frequency=form.get("frequency") or None,
+                timezone=form.get("timezone") or None,
             ),
             default_frequency=settings.DEFAULT_FREQUENCY,
             resend_after=timedelta(seconds=settings.CONFIRMATION_RESEND_SECONDS),
@@ -180,7 +182,7 @@ def preferences(token: str):  # type: ignore[no-untyped-def]
         return _render_preferences(token, subscriber, None, {})
 
     request.max_content_length = get_settings().MAX_FORM_BYTES
-    form = read_form(scalar_fields=("frequency", "name", "action"), list_fields=("topics",))
+    form = read_form(scalar_fields=("frequency", "name", "timezone", "action"), list_fields=("topics",))
     if form.get("action") == "unsubscribe":
         unsubscribe(db.session, subscriber_id)
         db.session.commit()
@@ -190,6 +192,7 @@ def preferences(token: str):  # type: ignore[no-untyped-def]
             topic_slugs=form.getlist("topics"),
             frequency=form.get("frequency") or subscriber.frequency.value,
             name=form.get("name"),
+            timezone=form.get("timezone") or None,
         ))
     except InvalidSubscription as invalid:
         db.session.rollback()
@@ -230,6 +233,7 @@ def _render_preferences(token: str, subscriber: Subscriber, form: SubmittedForm 
         "preferences.html", token=token, subscriber=subscriber, topics=topics, chosen=chosen,
         name=form.get("name") if form else (subscriber.name or ""),
         frequency=form.get("frequency") if form else subscriber.frequency.value,
+        timezone=form.get("timezone") if form else subscriber.timezone,
         frequencies=FREQUENCIES, errors=errors, saved=saved,
         pending=subscriber.status == SubscriberStatus.PENDING,
     )

@@ -409,3 +409,25 @@ def test_unknown_pages_and_methods_get_clear_errors(client):
     assert client.get("/nope").status_code == 404
     assert client.delete("/subscribe").status_code == 405
     assert client.get("/nope", headers={"Accept": "application/json"}).json["error"]
+
+
+def test_a_reader_can_give_a_time_zone_and_change_it_in_preferences(app, client):
+    client.post("/subscribe", data={**FORM, "timezone": "Pacific/Auckland"})
+    assert _subscriber().timezone == "Pacific/Auckland"
+    url = f"/preferences/{_token(app, 'preferences', _subscriber().id)}"
+    client.post(url, data={"topics": "marvel-news", "frequency": "weekly", "timezone": "Europe/Berlin"})
+    assert _subscriber().timezone == "Europe/Berlin"
+
+
+def test_an_unknown_time_zone_is_a_field_error(client):
+    response = client.post("/subscribe", data={**FORM, "timezone": "Mars/Olympus_Mons"})
+    assert response.status_code == 422
+    assert "<strong>timezone</strong>" in response.get_data(as_text=True)
+    assert _count(Subscriber) == 0
+
+
+def test_the_hosted_form_fills_the_time_zone_from_the_browser(client):
+    html = client.get("/subscribe").get_data(as_text=True)
+    assert 'name="timezone"' in html
+    assert "timezone.js" in html
+    assert "resolvedOptions().timeZone" in client.get("/static/timezone.js").get_data(as_text=True)
