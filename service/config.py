@@ -69,6 +69,11 @@ class Settings:
     DIGEST_SCHEDULE_SECONDS: float
     PUBLISHER_NAME: str
     PUBLISHER_POSTAL_ADDRESS: str
+    BOUNCE_ADDRESS: str | None
+    BOUNCE_WEBHOOK_TOKEN: str | None
+    BOUNCE_SOFT_LIMIT: int
+    POLICY_PAUSE_THRESHOLD: int
+    PAUSE_RECHECK_SECONDS: float
     FEED_POLL_SECONDS: float
     FEED_FETCH_TIMEOUT: float
     FEED_MAX_BYTES: int
@@ -161,6 +166,11 @@ def load_settings(environ: Mapping[str, str], instance_path: Path) -> Settings:
         DIGEST_SCHEDULE_SECONDS=env.float("DIGEST_SCHEDULE_SECONDS", 300.0),
         PUBLISHER_NAME=env.str("PUBLISHER_NAME") or parseaddr(mail_from)[0] or "Newsletter",
         PUBLISHER_POSTAL_ADDRESS=env.str("PUBLISHER_POSTAL_ADDRESS") or "",
+        BOUNCE_ADDRESS=env.optional_address("BOUNCE_ADDRESS"),
+        BOUNCE_WEBHOOK_TOKEN=env.str("BOUNCE_WEBHOOK_TOKEN"),
+        BOUNCE_SOFT_LIMIT=env.int("BOUNCE_SOFT_LIMIT", 3),
+        POLICY_PAUSE_THRESHOLD=env.int_range("POLICY_PAUSE_THRESHOLD", 5, 0, 1_000_000),
+        PAUSE_RECHECK_SECONDS=env.float("PAUSE_RECHECK_SECONDS", 60.0),
         FEED_POLL_SECONDS=env.float("FEED_POLL_SECONDS", 900.0),
         FEED_FETCH_TIMEOUT=env.float("FEED_FETCH_TIMEOUT", 20.0),
         FEED_MAX_BYTES=env.int("FEED_MAX_BYTES", 5 * 1024 * 1024),
@@ -248,6 +258,15 @@ class _Env:
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"{name} must be an http(s) URL, got {raw!r}")
         return raw.rstrip("/")
+
+    def optional_address(self, name: str) -> str | None:
+        raw = self.str(name)
+        if raw is None:
+            return None
+        local, at, domain = raw.partition("@")
+        if not at or not local or "." not in domain or "+" in local or " " in raw:
+            raise ConfigError(f"{name} must be a bare address without '+', like bounces@example.com")
+        return raw
 
     def mailbox(self, name: str, default: str) -> str:
         raw = self.str(name) or default

@@ -31,6 +31,9 @@ from service.models import (
     SubscriptionStatus,
     utcnow,
 )
+from service.pauses import open_pause
+from service.suppressions import is_suppressed
+from service.verp import verp_address
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF_SECONDS = 3600.0
@@ -69,15 +72,18 @@ def deliver(session: Session, delivery_id: int, transport: Transport, settings: 
     delivery = session.get(Delivery, delivery_id)
     assert delivery is not None  # we just claimed it
     subscriber = delivery.subscriber
-    reason = _why_not_wanted(delivery, subscriber)
+    reason = _why_not_wanted(session, delivery, subscriber)
     if reason is not None or subscriber is None:
         return _finish(session, delivery, DeliveryState.SUPPRESSED, reason or "subscriber gone")
+
+    if open_pause(session) is not None:
+        return _wait_for_resume(session, delivery, settings)
 
     now = utcnow()
     message = _COMPOSERS[delivery.kind](delivery, subscriber, settings, now)
     delivery.message_id = message.message_id
     try:
-        transport.send(message.envelope_from, [message.to], build_mime(message),
+        transport.send(envelope_sender(delivery, message, settings), [message.to], build_mime(message),
                        subject=message.subject, message_id=message.message_id)
     except PermanentSendError as error:
         subscriber.last_delivery_error = error.reply
@@ -135,10 +141,19 @@ def _claim(session: Session, delivery_id: int, settings: Settings) -> bool:
     return claimed == 1
 
 
-def _why_not_wanted(delivery: Delivery, subscriber: Subscriber | None) -> str | None:
-    """Re-check right before sending: the reader may have confirmed or left meanwhile."""
+def envelope_sender(delivery: Delivery, message: OutgoingMessage, settings: Settings) -> str:
+    """The VERP bounce address of this delivery, or the From address without BOUNCE_ADDRESS."""
+    if settings.BOUNCE_ADDRESS is None:
+        return message.envelope_from
+    return verp_address(settings.BOUNCE_ADDRESS, delivery.id, settings.SECRET_KEY)
+
+
+def _why_not_wanted(session: Session, delivery: Delivery, subscriber: Subscriber | None) -> str | None:
+    """Re-check right before sending: the reader may have confirmed, left or bounced meanwhile."""
     if subscriber is None:
         return "subscriber gone"
+    if is_suppressed(session, subscriber.email):
+        return "address suppressed"
     if subscriber.status == SubscriberStatus.UNSUBSCRIBED:
         return "subscriber unsubscribed"
     if delivery.kind == DeliveryKind.CONFIRMATION and not any(
@@ -160,6 +175,14 @@ def _defer(session: Session, delivery: Delivery, settings: Settings, reply: str)
     delivery.next_attempt_at = utcnow() + timedelta(seconds=countdown)
     _finish(session, delivery, DeliveryState.DEFERRED, reply)
     raise RetryLater(countdown, reply)
+
+
+def _wait_for_resume(session: Session, delivery: Delivery, settings: Settings) -> DeliveryResult:
+    """Sending is paused: defer without spending an attempt, look again later."""
+    delivery.attempts -= 1
+    delivery.next_attempt_at = utcnow() + timedelta(seconds=settings.PAUSE_RECHECK_SECONDS)
+    _finish(session, delivery, DeliveryState.DEFERRED, "sending paused by the operator")
+    raise RetryLater(settings.PAUSE_RECHECK_SECONDS, "sending paused")
 
 
 def _finish(session: Session, delivery: Delivery, state: DeliveryState, error: str | None

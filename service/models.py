@@ -96,6 +96,7 @@ class DeliveryState(enum.StrEnum):
     DEFERRED = "deferred"
     FAILED = "failed"
     SUPPRESSED = "suppressed"
+    BOUNCED = "bounced"  # accepted by the relay, then bounced back (hard bounce or complaint)
 
 
 class Topic(db.Model):
@@ -193,6 +194,7 @@ class Subscriber(db.Model):
     # so tokens carry ids and this number rather than the address itself.
     token_epoch: Mapped[int] = mapped_column(default=1)
     last_delivery_error: Mapped[str | None] = mapped_column(Text)
+    soft_bounce_count: Mapped[int] = mapped_column(default=0, server_default="0")
     # When we last queued a confirmation email; cleared when the reader confirms or
     # leaves. Repeated form posts inside CONFIRMATION_RESEND_SECONDS send nothing more.
     confirmation_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -275,6 +277,60 @@ class DigestItem(db.Model):
 
     article: Mapped[Article] = relationship()
     topic: Mapped[Topic] = relationship()
+
+
+class SuppressionReason(enum.StrEnum):
+    HARD_BOUNCE = "hard_bounce"
+    SOFT_BOUNCES = "soft_bounces"
+    COMPLAINT = "complaint"
+    MANUAL = "manual"
+    ERASED = "erased"
+
+
+class Suppression(db.Model):
+    """An address we must not mail, kept as a hash so it outlives the subscriber."""
+
+    __tablename__ = "suppressions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    reason: Mapped[SuppressionReason] = mapped_column(_enum(SuppressionReason, "suppression_reason"))
+    detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class BounceKind(enum.StrEnum):
+    HARD = "hard"
+    SOFT = "soft"
+    COMPLAINT = "complaint"
+    POLICY = "policy"
+
+
+class Bounce(db.Model):
+    """A bounce or complaint that came back for one of our messages."""
+
+    __tablename__ = "bounces"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[BounceKind] = mapped_column(_enum(BounceKind, "bounce_kind"))
+    email_hash: Mapped[str] = mapped_column(String(64), index=True)
+    delivery_id: Mapped[int | None] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="SET NULL"), index=True)
+    subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id", ondelete="SET NULL"))
+    status: Mapped[str | None] = mapped_column(String(20))  # enhanced status code, e.g. 5.1.1
+    diagnostic: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SendingPause(db.Model):
+    """While a pause is open (not resumed), workers defer mail instead of sending it."""
+
+    __tablename__ = "sending_pauses"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    resumed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class CapturedEmail(db.Model):

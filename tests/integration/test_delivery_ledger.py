@@ -7,9 +7,21 @@ from sqlalchemy import select
 
 from service.config import get_settings
 from service.deliveries import RetryLater, deliver, reschedule_stalled, stalled_delivery_ids
+from service.extensions import db
 from service.mail.transport import OutboxTransport, SMTPSettings, SMTPTransport, transport_for
-from service.models import CapturedEmail, Delivery, DeliveryState, Subscriber, utcnow
+from service.models import (
+    CapturedEmail,
+    Delivery,
+    DeliveryState,
+    Subscriber,
+    Suppression,
+    SuppressionReason,
+    utcnow,
+)
+from service.pauses import pause_sending, resume_sending
 from service.subscriptions import SubscriptionRequest, subscribe, unsubscribe
+from service.suppressions import is_suppressed, suppress
+from service.verp import delivery_id_from_verp
 
 EMAIL = "peggy@example.com"
 
@@ -138,3 +150,48 @@ def test_the_sweep_takes_back_a_delivery_whose_worker_died_mid_send(session, smt
     session.commit()
     assert stalled_delivery_ids(session, settings) == [delivery_id]
     assert _send(session, delivery_id).state == DeliveryState.SENT
+
+
+def test_nothing_is_sent_to_a_suppressed_address(session, smtp, delivery_id):
+    suppress(session, " Peggy@Example.com ", SuppressionReason.HARD_BOUNCE)
+    session.commit()
+    assert _send(session, delivery_id).state == DeliveryState.SUPPRESSED
+    assert session.get(Delivery, delivery_id).last_error == "address suppressed"
+    assert smtp.messages_to(EMAIL) == []
+
+
+def test_the_suppression_list_outlives_the_subscriber_and_keeps_no_address(session, delivery_id):
+    suppress(session, EMAIL, SuppressionReason.COMPLAINT)
+    session.delete(session.scalars(select(Subscriber)).one())
+    session.commit()
+    assert is_suppressed(session, EMAIL)
+    stored = session.scalars(select(Suppression)).one()
+    assert "peggy" not in stored.email_hash and len(stored.email_hash) == 64
+
+
+def test_a_paused_service_defers_without_spending_attempts_and_sends_after_resume(
+        session, smtp, delivery_id):
+    pause_sending(session, "relay rejected us: 5.7.1")
+    session.commit()
+    with pytest.raises(RetryLater):
+        _send(session, delivery_id)
+    delivery = session.get(Delivery, delivery_id)
+    assert (delivery.state, delivery.attempts) == (DeliveryState.DEFERRED, 0)
+    assert smtp.messages_to(EMAIL) == []
+    assert resume_sending(session) == 1
+    session.commit()
+    assert _send(session, delivery_id).state == DeliveryState.SENT
+
+
+def test_with_a_bounce_address_the_envelope_sender_is_a_verp_address(stack, app, smtp):
+    verp_app = stack.make_app(BOUNCE_ADDRESS="bounces@example.com")
+    with verp_app.app_context():
+        outcome = subscribe(db.session, SubscriptionRequest(EMAIL, ["marvel-news"]), "weekly")
+        db.session.commit()
+        [delivery_id] = outcome.delivery_ids
+        _send(db.session, delivery_id)
+        [received] = smtp.wait_for(EMAIL)
+        settings = get_settings()
+        assert delivery_id_from_verp(received.mail_from, "bounces@example.com",
+                                     [settings.SECRET_KEY]) == delivery_id
+        assert received.message["From"] == "Marvel News <news@example.com>"

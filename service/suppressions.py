@@ -1,0 +1,54 @@
+"""The suppression list: addresses we must never mail again.
+
+Entries are SHA-256 hashes of the normalised address, so the list can outlive
+the subscriber (erasure, deletion) without keeping the address itself, and
+is checked right before every send.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.models import Suppression, SuppressionReason
+
+
+def address_hash(email: str) -> str:
+    """The hash we store for an address: of its normalised (trimmed, lower-case) form."""
+    return hashlib.sha256(email.strip().lower().encode("utf-8")).hexdigest()
+
+
+def is_suppressed(session: Session, email: str) -> bool:
+    return session.scalar(
+        select(Suppression.id).where(Suppression.email_hash == address_hash(email))
+    ) is not None
+
+
+def suppress(session: Session, email: str, reason: SuppressionReason, detail: str | None = None
+             ) -> Suppression:
+    """Add the address to the list (once; a second call returns the first entry)."""
+    digest = address_hash(email)
+    existing = session.scalars(select(Suppression).where(Suppression.email_hash == digest)).one_or_none()
+    if existing is not None:
+        return existing
+    entry = Suppression(email_hash=digest, reason=reason, detail=detail)
+    try:
+        with session.begin_nested():
+            session.add(entry)
+    except IntegrityError:  # suppressed concurrently, by another bounce of the same address
+        return session.scalars(select(Suppression).where(Suppression.email_hash == digest)).one()
+    return entry
+
+
+def unsuppress(session: Session, email: str) -> bool:
+    """Remove the address from the list (an operator's decision); True if it was there."""
+    entry = session.scalars(
+        select(Suppression).where(Suppression.email_hash == address_hash(email))
+    ).one_or_none()
+    if entry is None:
+        return False
+    session.delete(entry)
+    return True

@@ -1,0 +1,41 @@
+"""VERP envelope senders: each message's bounce address names its delivery.
+
+``bounces@news.example.com`` becomes ``bounces+d123-1a2b3c4d5e@news.example.com``
+for delivery 123. The suffix is an HMAC of the id, so a forged bounce cannot
+point at someone else's delivery. Any key in SECRET_KEY or its fallbacks
+verifies, so rotating the key does not orphan bounces of mail already sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Sequence
+
+_VERP = re.compile(r"^(?P<local>[^+@]+)\+d(?P<id>\d+)-(?P<sig>[0-9a-f]{10})@(?P<domain>.+)$", re.IGNORECASE)
+
+
+def verp_address(bounce_address: str, delivery_id: int, secret_key: str) -> str:
+    local, _, domain = bounce_address.partition("@")
+    return f"{local}+d{delivery_id}-{_signature(delivery_id, secret_key)}@{domain}"
+
+
+def delivery_id_from_verp(address: str, bounce_address: str, secret_keys: Sequence[str]) -> int | None:
+    """The delivery id a VERP address names, or None if it is not one of ours."""
+    match = _VERP.match(address.strip().strip("<>"))
+    if match is None:
+        return None
+    local, _, domain = bounce_address.partition("@")
+    if match["local"].lower() != local.lower() or match["domain"].lower() != domain.lower():
+        return None
+    delivery_id = int(match["id"])
+    signature = match["sig"].lower()
+    if any(hmac.compare_digest(signature, _signature(delivery_id, key)) for key in secret_keys):
+        return delivery_id
+    return None
+
+
+def _signature(delivery_id: int, secret_key: str) -> str:
+    digest = hmac.new(secret_key.encode(), f"verp:d{delivery_id}".encode(), hashlib.sha256)
+    return digest.hexdigest()[:10]

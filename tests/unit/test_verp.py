@@ -1,0 +1,25 @@
+from service.verp import delivery_id_from_verp, verp_address
+
+KEY, OLD_KEY = "current-key-0123456789", "older-key-0123456789"
+
+
+def test_a_verp_address_names_its_delivery():
+    address = verp_address("bounces@news.example.com", 123, KEY)
+    assert address.startswith("bounces+d123-") and address.endswith("@news.example.com")
+    assert delivery_id_from_verp(address, "bounces@news.example.com", [KEY]) == 123
+    assert delivery_id_from_verp(f"<{address.upper()}>", "bounces@news.example.com", [KEY]) == 123
+
+
+def test_a_forged_or_foreign_verp_address_names_nothing():
+    address = verp_address("bounces@news.example.com", 123, KEY)
+    forged = address.replace("+d123-", "+d124-")
+    assert delivery_id_from_verp(forged, "bounces@news.example.com", [KEY]) is None
+    assert delivery_id_from_verp(address, "other@news.example.com", [KEY]) is None
+    assert delivery_id_from_verp(address, "bounces@elsewhere.example.com", [KEY]) is None
+    assert delivery_id_from_verp("bounces@news.example.com", "bounces@news.example.com", [KEY]) is None
+    assert delivery_id_from_verp(address, "bounces@news.example.com", ["some other key"]) is None
+
+
+def test_bounces_of_mail_signed_with_a_rotated_key_still_map():
+    address = verp_address("bounces@news.example.com", 9, OLD_KEY)
+    assert delivery_id_from_verp(address, "bounces@news.example.com", [KEY, OLD_KEY]) == 9
