@@ -14,6 +14,7 @@ from werkzeug.serving import run_simple
 
 from service.config import get_settings
 from service.content_commands import digests, topics
+from service.delivery_commands import deliveries
 from service.extensions import db
 from service.feed_commands import register_feed_commands
 from service.topics import seed_demo_topics
@@ -27,6 +28,7 @@ def register_commands(app: Flask) -> None:
     app.cli.add_command(topics)
     app.cli.add_command(digests)
     register_feed_commands(app)
+    app.cli.add_command(deliveries)
 
 
 @click.command("seed-demo")

@@ -69,6 +69,13 @@ class Settings:
     DIGEST_SCHEDULE_SECONDS: float
     PUBLISHER_NAME: str
     PUBLISHER_POSTAL_ADDRESS: str
+    SEND_RATE_LIMIT: float
+    SEND_RATE_BURST: int
+    RATE_LIMIT_REDIS_URL: str | None
+    DKIM_DOMAIN: str | None
+    DKIM_SELECTOR: str | None
+    DKIM_PRIVATE_KEY: str | None
+    FEEDBACK_ID_SENDER: str | None
     BOUNCE_ADDRESS: str | None
     BOUNCE_WEBHOOK_TOKEN: str | None
     BOUNCE_SOFT_LIMIT: int
@@ -166,6 +173,14 @@ def load_settings(environ: Mapping[str, str], instance_path: Path) -> Settings:
         DIGEST_SCHEDULE_SECONDS=env.float("DIGEST_SCHEDULE_SECONDS", 300.0),
         PUBLISHER_NAME=env.str("PUBLISHER_NAME") or parseaddr(mail_from)[0] or "Newsletter",
         PUBLISHER_POSTAL_ADDRESS=env.str("PUBLISHER_POSTAL_ADDRESS") or "",
+        SEND_RATE_LIMIT=env.non_negative_float("SEND_RATE_LIMIT", 0.0),
+        SEND_RATE_BURST=env.int_range("SEND_RATE_BURST", 0, 0, 1_000_000),
+        RATE_LIMIT_REDIS_URL=env.str("RATE_LIMIT_REDIS_URL") or (
+            broker_url if broker_url.startswith(("redis://", "rediss://")) else None),
+        DKIM_DOMAIN=env.str("DKIM_DOMAIN"),
+        DKIM_SELECTOR=env.str("DKIM_SELECTOR"),
+        DKIM_PRIVATE_KEY=_dkim_key(env),
+        FEEDBACK_ID_SENDER=env.str("FEEDBACK_ID_SENDER"),
         BOUNCE_ADDRESS=env.optional_address("BOUNCE_ADDRESS"),
         BOUNCE_WEBHOOK_TOKEN=env.str("BOUNCE_WEBHOOK_TOKEN"),
         BOUNCE_SOFT_LIMIT=env.int("BOUNCE_SOFT_LIMIT", 3),
@@ -178,6 +193,9 @@ def load_settings(environ: Mapping[str, str], instance_path: Path) -> Settings:
         INSTANCE_PATH=instance_path,
         embedded=embedded,
     )
+    dkim_parts = (settings.DKIM_DOMAIN, settings.DKIM_SELECTOR, settings.DKIM_PRIVATE_KEY)
+    if any(dkim_parts) and not all(dkim_parts):
+        raise ConfigError("DKIM needs DKIM_DOMAIN, DKIM_SELECTOR and DKIM_PRIVATE_KEY (or _FILE) together")
     if settings.SMTP_USERNAME and not settings.SMTP_PASSWORD:
         raise ConfigError("SMTP_PASSWORD is required when SMTP_USERNAME is set")
     return settings
@@ -219,6 +237,18 @@ class _Env:
             raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
         if not low <= value <= high:
             raise ConfigError(f"{name} must be between {low} and {high}, got {raw!r}")
+        return value
+
+    def non_negative_float(self, name: str, default: float) -> float:
+        raw = self.str(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+        if value < 0:
+            raise ConfigError(f"{name} must be zero or more, got {raw!r}")
         return value
 
     def float(self, name: str, default: float) -> float:
@@ -274,6 +304,24 @@ class _Env:
         if "@" not in address:
             raise ConfigError(f"{name} must be an address like 'News <news@example.com>'")
         return raw
+
+
+def _dkim_key(env: _Env) -> str | None:
+    """The PEM key from DKIM_PRIVATE_KEY (\\n allowed for newlines) or DKIM_PRIVATE_KEY_FILE."""
+    inline, path = env.str("DKIM_PRIVATE_KEY"), env.str("DKIM_PRIVATE_KEY_FILE")
+    if inline and path:
+        raise ConfigError("set DKIM_PRIVATE_KEY or DKIM_PRIVATE_KEY_FILE, not both")
+    if path:
+        try:
+            inline = Path(path).read_text()
+        except OSError as error:
+            raise ConfigError(f"DKIM_PRIVATE_KEY_FILE cannot be read: {error.strerror}") from None
+    if inline is None:
+        return None
+    key = inline.replace("\\n", "\n").strip()
+    if "PRIVATE KEY-----" not in key:
+        raise ConfigError("DKIM_PRIVATE_KEY must be a PEM private key (-----BEGIN ... PRIVATE KEY-----)")
+    return key + "\n"
 
 
 def _origin(value: str) -> str:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from service.config import Settings
@@ -37,6 +39,7 @@ from service.verp import verp_address
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF_SECONDS = 3600.0
+SENT_COMMIT_ATTEMPTS = 6  # about six seconds of retrying in all
 
 
 class RetryLater(Exception):
@@ -90,8 +93,7 @@ def deliver(session: Session, delivery_id: int, transport: Transport, settings: 
         return _finish(session, delivery, DeliveryState.FAILED, error.reply)
     except TemporarySendError as error:
         return _defer(session, delivery, settings, error.reply)
-    delivery.sent_at = now
-    return _finish(session, delivery, DeliveryState.SENT, None)
+    return _record_sent(session, delivery_id, message.message_id, now)
 
 
 def stalled_delivery_ids(session: Session, settings: Settings, limit: int = 500) -> list[int]:
@@ -183,6 +185,36 @@ def _wait_for_resume(session: Session, delivery: Delivery, settings: Settings) -
     delivery.next_attempt_at = utcnow() + timedelta(seconds=settings.PAUSE_RECHECK_SECONDS)
     _finish(session, delivery, DeliveryState.DEFERRED, "sending paused by the operator")
     raise RetryLater(settings.PAUSE_RECHECK_SECONDS, "sending paused")
+
+
+def _record_sent(session: Session, delivery_id: int, message_id: str, sent_at: datetime) -> DeliveryResult:
+    """Mark the delivery sent, trying hard: the relay has accepted the message.
+
+    If the commit fails now (the database connection dropped while we talked
+    to SMTP), the row would stay 'sending' and be sent again once its lease
+    ran out. So we retry on a fresh connection before giving up; only a
+    database that stays away longer than that leaves the duplicate window open.
+    """
+    for attempt in range(SENT_COMMIT_ATTEMPTS):
+        try:
+            session.execute(
+                update(Delivery).where(Delivery.id == delivery_id)
+                .values(state=DeliveryState.SENT, sent_at=sent_at, message_id=message_id,
+                        last_error=None, updated_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            session.commit()
+        except DBAPIError as error:
+            session.rollback()
+            if attempt == SENT_COMMIT_ATTEMPTS - 1:
+                raise
+            log.warning("delivery %s sent but not yet recorded (%s); retrying",
+                        delivery_id, error.__class__.__name__)
+            time.sleep(0.2 * 2 ** attempt)
+        else:
+            log.info("delivery %s sent", delivery_id)
+            return DeliveryResult(delivery_id, DeliveryState.SENT)
+    raise AssertionError("unreachable")
 
 
 def _finish(session: Session, delivery: Delivery, state: DeliveryState, error: str | None

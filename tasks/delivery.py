@@ -7,7 +7,8 @@ from collections.abc import Iterable
 
 from celery import shared_task
 from flask import current_app
-from kombu.exceptions import OperationalError
+from kombu.exceptions import OperationalError as BrokerUnavailable
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from service.config import get_settings
 from service.deliveries import RetryLater, deliver, reschedule_stalled
@@ -18,7 +19,14 @@ from tasks import SWEEP_STALLED_DELIVERIES
 log = logging.getLogger(__name__)
 
 
-@shared_task(bind=True, name="newsletter.send_delivery", max_retries=None)
+# A database that drops a connection or restarts: try the task again soon. The
+# ledger row tells the next attempt what is left to do.
+DATABASE_TROUBLE = (OperationalError, InterfaceError)
+DB_RETRY = {"autoretry_for": DATABASE_TROUBLE, "retry_backoff": 1, "retry_backoff_max": 60,
+            "retry_jitter": True, "retry_kwargs": {"max_retries": 20}}
+
+
+@shared_task(bind=True, name="newsletter.send_delivery", max_retries=None, **DB_RETRY)
 def send_delivery(self, delivery_id: int) -> str | None:  # type: ignore[no-untyped-def]
     """Send one delivery; the ledger, not Celery, counts attempts."""
     settings = get_settings()
@@ -32,7 +40,7 @@ def send_delivery(self, delivery_id: int) -> str | None:  # type: ignore[no-unty
     return result.state.value if result.state else None
 
 
-@shared_task(name=SWEEP_STALLED_DELIVERIES)
+@shared_task(name=SWEEP_STALLED_DELIVERIES, **DB_RETRY)
 def sweep_stalled_deliveries() -> int:
     """Republish deliveries whose task never ran (broker down, worker lost)."""
     ids = reschedule_stalled(db.session, get_settings())
@@ -51,7 +59,7 @@ def publish_deliveries(delivery_ids: Iterable[int]) -> int:
     for delivery_id in delivery_ids:
         try:
             task.apply_async((delivery_id,))
-        except OperationalError as error:
+        except BrokerUnavailable as error:
             log.warning("broker unavailable, delivery %s left for the sweep: %s", delivery_id, error)
             break
         except Exception:

@@ -14,25 +14,25 @@ from service.extensions import db
 from service.mail.transport import transport_for
 from service.models import Frequency
 from tasks import PLAN_DUE_DIGESTS
-from tasks.delivery import send_delivery
+from tasks.delivery import DB_RETRY, send_delivery
 
 log = logging.getLogger(__name__)
 
 
-@shared_task(name=PLAN_DUE_DIGESTS)
+@shared_task(name=PLAN_DUE_DIGESTS, **DB_RETRY)
 def plan_due_digests() -> int:
     """Beat's entry: plan the digests that are due now and queue their sending."""
     return plan_and_publish(force=False, only=DigestFilter())
 
 
-@shared_task(name="newsletter.send_digests_now")
+@shared_task(name="newsletter.send_digests_now", **DB_RETRY)
 def send_digests_now(frequency: str | None = None, topic_id: int | None = None) -> int:
     """Plan the current period for everyone (or a frequency/topic), whatever the hour."""
     only = DigestFilter(Frequency(frequency) if frequency else None, topic_id)
     return plan_and_publish(force=True, only=only)
 
 
-@shared_task(bind=True, name="newsletter.send_digest_batch")
+@shared_task(bind=True, name="newsletter.send_digest_batch", **DB_RETRY)
 def send_digest_batch(self, delivery_ids: list[int]) -> int:  # type: ignore[no-untyped-def]
     """Send a batch of planned digests; each temporary failure is retried on its own."""
     settings = get_settings()

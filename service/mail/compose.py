@@ -55,8 +55,17 @@ def compose_confirmation(
         extra_headers=(
             *list_unsubscribe_headers(subscriber.id),
             ("Auto-Submitted", "auto-generated"),
+            *feedback_id_header(delivery, settings),
         ),
     )
+
+
+def feedback_id_header(delivery: Delivery, settings: Settings) -> list[tuple[str, str]]:
+    """Gmail's Feedback-ID (campaign:kind:sender), when FEEDBACK_ID_SENDER is set."""
+    if not settings.FEEDBACK_ID_SENDER:
+        return []
+    campaign = (delivery.period or "transactional").replace(":", "-")
+    return [("Feedback-ID", f"{campaign}:{delivery.kind.value}:{settings.FEEDBACK_ID_SENDER}")]
 
 
 def stable_message_id(delivery: Delivery, domain: str) -> str:
@@ -126,6 +135,7 @@ def compose_digest(delivery: Delivery, subscriber: Subscriber, settings: Setting
             *list_unsubscribe_headers(subscriber.id),
             ("List-Id", list_id(settings)),
             ("Auto-Submitted", "auto-generated"),
+            *feedback_id_header(delivery, settings),
         ),
     )
 

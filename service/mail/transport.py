@@ -18,6 +18,8 @@ from typing import Protocol
 from sqlalchemy.orm import Session
 
 from service.config import Settings
+from service.mail.ratelimit import RateLimiter, rate_limiter_for
+from service.mail.signing import DkimSigner
 from service.models import CapturedEmail
 
 
@@ -146,15 +148,56 @@ class OutboxTransport:
         pass
 
 
+class SigningTransport:
+    """Signs each message with DKIM, then hands it to the wrapped transport."""
+
+    def __init__(self, inner: Transport, signer: DkimSigner) -> None:
+        self._inner = inner
+        self._signer = signer
+
+    def send(self, envelope_from: str, recipients: Sequence[str], raw: bytes,
+             subject: str = "", message_id: str = "") -> None:
+        self._inner.send(envelope_from, recipients, self._signer.sign(raw), subject, message_id)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class RateLimitedTransport:
+    """Waits for the (global) rate limiter before each message."""
+
+    def __init__(self, inner: Transport, limiter: RateLimiter) -> None:
+        self._inner = inner
+        self._limiter = limiter
+
+    def send(self, envelope_from: str, recipients: Sequence[str], raw: bytes,
+             subject: str = "", message_id: str = "") -> None:
+        self._limiter.wait()
+        self._inner.send(envelope_from, recipients, raw, subject, message_id)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
 def transport_for(settings: Settings, session: Session) -> Transport:
-    """SMTP when SMTP_HOST is set, otherwise the embedded outbox."""
+    """SMTP when SMTP_HOST is set, otherwise the embedded outbox; DKIM-signed and
+    rate-limited when configured."""
+    transport: Transport
     if settings.uses_outbox:
-        return OutboxTransport(session)
-    return SMTPTransport(SMTPSettings(
-        host=settings.SMTP_HOST or "", port=settings.SMTP_PORT, security=settings.SMTP_SECURITY,
-        username=settings.SMTP_USERNAME, password=settings.SMTP_PASSWORD,
-        timeout=settings.SMTP_TIMEOUT,
-    ))
+        transport = OutboxTransport(session)
+    else:
+        transport = SMTPTransport(SMTPSettings(
+            host=settings.SMTP_HOST or "", port=settings.SMTP_PORT, security=settings.SMTP_SECURITY,
+            username=settings.SMTP_USERNAME, password=settings.SMTP_PASSWORD,
+            timeout=settings.SMTP_TIMEOUT,
+        ))
+    if settings.DKIM_PRIVATE_KEY and settings.DKIM_DOMAIN and settings.DKIM_SELECTOR:
+        transport = SigningTransport(transport, DkimSigner(
+            settings.DKIM_DOMAIN, settings.DKIM_SELECTOR, settings.DKIM_PRIVATE_KEY.encode()))
+    limiter = rate_limiter_for(settings)
+    if limiter is not None:
+        transport = RateLimitedTransport(transport, limiter)
+    return transport
 
 
 def _classify(code: int, reply: bytes | str) -> SendError:

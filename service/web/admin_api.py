@@ -16,10 +16,11 @@ from werkzeug.exceptions import HTTPException
 
 from service.articles import InvalidArticle, article_from_mapping, ingest_articles
 from service.config import FREQUENCIES, get_settings
+from service.delivery_reports import delivery_counts, retry_failed
 from service.digests import find_subscriber, preview_digest
 from service.errors import InvalidInput, NotFound
 from service.extensions import db
-from service.models import Article, Tag, Topic, article_tags
+from service.models import Article, DeliveryKind, Tag, Topic, article_tags
 from service.topics import (
     create_topic,
     get_topic,
@@ -29,6 +30,7 @@ from service.topics import (
     topic_feed_urls,
     update_topic,
 )
+from tasks.delivery import publish_deliveries
 from tasks.digests import send_digests_now
 
 bp = Blueprint("admin_api", __name__, url_prefix="/api/v1")
@@ -204,7 +206,43 @@ def digest_send():  # type: ignore[no-untyped-def]
     return jsonify({"status": "accepted", "frequency": frequency, "topic": body.get("topic")}), 202
 
 
+# ------------------------------------------------------------------ deliveries
+
+
+@bp.get("/deliveries/stats")
+def deliveries_stats():  # type: ignore[no-untyped-def]
+    """Counts by state per stream (?kind=), or per digest run (?by_period=true or ?period=)."""
+    kind = _delivery_kind(request.args.get("kind"))
+    by_period = request.args.get("by_period", "").lower() in ("1", "true", "yes")
+    streams = delivery_counts(db.session, kind, request.args.get("period"), by_period)
+    return jsonify({"streams": [{"kind": s.kind, "period": s.period, "total": s.total,
+                                 "counts": s.counts} for s in streams]})
+
+
+@bp.post("/deliveries/retry")
+def deliveries_retry():  # type: ignore[no-untyped-def]
+    """Queue failed deliveries again (optional JSON {"kind", "period"})."""
+    body = _json_body(optional=True)
+    body = {} if body is None else body
+    if not isinstance(body, dict) or set(body) - {"kind", "period"}:
+        raise InvalidInput({"body": "a JSON object with optional kind and period"})
+    ids = retry_failed(db.session, _delivery_kind(body.get("kind")), body.get("period"))
+    db.session.commit()
+    published = publish_deliveries(ids)
+    return jsonify({"retried": len(ids), "published": published})
+
+
 # ------------------------------------------------------------------ helpers
+
+
+def _delivery_kind(raw: object) -> DeliveryKind | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        return DeliveryKind(raw)
+    except ValueError:
+        raise InvalidInput({"kind": f"one of {', '.join(k.value for k in DeliveryKind)}"}) from None
+
 
 
 def _json_body(optional: bool = False) -> Any:
