@@ -10,7 +10,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from service.config import PROJECT_ROOT, Settings, settings_from_environment
-from service.extensions import db, migrate
+from service.extensions import db, discard_session, migrate
 from service.tokens import TokenSigner
 from tasks import celery_init_app
 
@@ -27,6 +27,8 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     app.extensions["settings"] = settings
     app.extensions["token_signer"] = TokenSigner(settings.SECRET_KEY, settings.SECRET_KEY_FALLBACKS)
     db.init_app(app)
+    # Runs before Flask-SQLAlchemy's own teardown, which then finds nothing to do.
+    app.teardown_appcontext(lambda exc: discard_session())
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
     celery_init_app(app, settings)
 

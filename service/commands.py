@@ -12,6 +12,7 @@ from flask import Flask, current_app
 from flask.cli import with_appcontext
 from werkzeug.serving import run_simple
 
+from service.bounce_commands import register_bounce_commands
 from service.config import get_settings
 from service.content_commands import digests, topics
 from service.delivery_commands import deliveries
@@ -28,6 +29,7 @@ def register_commands(app: Flask) -> None:
     app.cli.add_command(topics)
     app.cli.add_command(digests)
     register_feed_commands(app)
+    register_bounce_commands(app)
     app.cli.add_command(deliveries)
 
 

@@ -22,7 +22,7 @@ from service.topics import (
     topic_feed_urls,
     update_topic,
 )
-from tasks.digests import publish_batch
+from tasks.delivery import publish_batches
 
 topics = AppGroup("topics", help="Create, list, change and retire topics.")
 digests = AppGroup("digests", help="Preview and send digests.")
@@ -95,8 +95,7 @@ def send_command(frequency: str | None, topic_slug: str | None) -> None:
     planned = 0
     with _progress(total, "planning digests") as progress:
         for batch in plan_digests(db.session, get_settings(), force=True, only=only):
-            if batch.delivery_ids:
-                publish_batch(batch.delivery_ids)
+            publish_batches(batch.delivery_ids, get_settings().DIGEST_BATCH_SIZE)
             planned += len(batch.delivery_ids)
             progress.update(batch.subscribers_seen, batch.period, len(batch.delivery_ids))
     click.echo(f"planned and queued {planned} digests")

@@ -3,6 +3,7 @@
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import MetaData
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase
 
 # Named constraints let Alembic alter them on SQLite (batch mode) and PostgreSQL alike.
@@ -27,4 +28,17 @@ def _render_migration_type(type_: str, obj: object, autogen_context: object) -> 
 
 
 db = SQLAlchemy(model_class=Base)
+
+
+def discard_session() -> None:
+    """End the scoped session, even if the database dropped its connection meanwhile.
+
+    Rolling back on a connection the server terminated raises once (SQLAlchemy
+    invalidates the connection as it does); the second close succeeds. Without
+    this, a failover would turn the end of a finished request or task into an error.
+    """
+    try:
+        db.session.remove()
+    except DBAPIError:
+        db.session.remove()
 migrate = Migrate(render_as_batch=True, compare_type=True, render_item=_render_migration_type)

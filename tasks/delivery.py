@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from celery import shared_task
 from flask import current_app
@@ -11,13 +11,12 @@ from kombu.exceptions import OperationalError as BrokerUnavailable
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from service.config import get_settings
-from service.deliveries import RetryLater, deliver, reschedule_stalled
+from service.deliveries import RetryLater, deliver, deliver_many, reschedule_stalled
 from service.extensions import db
 from service.mail.transport import transport_for
 from tasks import SWEEP_STALLED_DELIVERIES
 
 log = logging.getLogger(__name__)
-
 
 # A database that drops a connection or restarts: try the task again soon. The
 # ledger row tells the next attempt what is left to do.
@@ -40,11 +39,27 @@ def send_delivery(self, delivery_id: int) -> str | None:  # type: ignore[no-unty
     return result.state.value if result.state else None
 
 
+@shared_task(name="newsletter.send_delivery_batch", **DB_RETRY)
+def send_delivery_batch(delivery_ids: list[int]) -> int:
+    """Send several deliveries over one SMTP connection; each temporary failure retries on its own."""
+    settings = get_settings()
+    transport = transport_for(settings, db.session)
+    try:
+        batch = deliver_many(db.session, delivery_ids, transport, settings)
+    finally:
+        transport.close()
+    retry = _bound(send_delivery)
+    for delivery_id, countdown in batch.retries:
+        retry.apply_async((delivery_id,), countdown=countdown)
+    return len(batch.results)
+
+
 @shared_task(name=SWEEP_STALLED_DELIVERIES, **DB_RETRY)
 def sweep_stalled_deliveries() -> int:
-    """Republish deliveries whose task never ran (broker down, worker lost)."""
-    ids = reschedule_stalled(db.session, get_settings())
-    return publish_deliveries(ids)
+    """Republish deliveries whose task never ran (broker down, worker lost), in batches."""
+    settings = get_settings()
+    ids = reschedule_stalled(db.session, settings)
+    return publish_batches(ids, settings.DIGEST_BATCH_SIZE)
 
 
 def publish_deliveries(delivery_ids: Iterable[int]) -> int:
@@ -53,19 +68,41 @@ def publish_deliveries(delivery_ids: Iterable[int]) -> int:
     Call only after the rows are committed. If the broker is down the rows stay
     queued and the sweep publishes them later, so the caller carries on.
     """
-    # The task as bound to this Flask app's Celery app, not Celery's process-wide default.
-    task = current_app.extensions["celery"].tasks[send_delivery.name]
+    task = _bound(send_delivery)
     published = 0
     for delivery_id in delivery_ids:
-        try:
-            task.apply_async((delivery_id,))
-        except BrokerUnavailable as error:
-            log.warning("broker unavailable, delivery %s left for the sweep: %s", delivery_id, error)
-            break
-        except Exception:
-            # The row is committed and the sweep will publish it; whatever went
-            # wrong in the broker client must not turn a stored subscription into an error.
-            log.exception("publishing delivery %s failed; left for the sweep", delivery_id)
+        if not _publish(task, (delivery_id,), f"delivery {delivery_id}"):
             break
         published += 1
     return published
+
+
+def publish_batches(delivery_ids: Sequence[int], size: int) -> int:
+    """Publish one batch task per ``size`` deliveries; returns how many deliveries the broker took."""
+    task = _bound(send_delivery_batch)
+    published = 0
+    for start in range(0, len(delivery_ids), size):
+        chunk = list(delivery_ids[start:start + size])
+        if not _publish(task, (chunk,), f"a batch of {len(chunk)} deliveries"):
+            break
+        published += len(chunk)
+    return published
+
+
+def _bound(task):  # type: ignore[no-untyped-def]
+    """The task as bound to this Flask app's Celery app, not Celery's process-wide default."""
+    return current_app.extensions["celery"].tasks[task.name]
+
+
+def _publish(task, args: tuple, what: str) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        task.apply_async(args)
+    except BrokerUnavailable as error:
+        log.warning("broker unavailable, %s left for the sweep: %s", what, error)
+        return False
+    except Exception:
+        # The rows are committed and the sweep will publish them; whatever went
+        # wrong in the broker client must not turn stored work into an error.
+        log.exception("publishing %s failed; left for the sweep", what)
+        return False
+    return True

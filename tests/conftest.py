@@ -10,6 +10,7 @@ commits in its own connections) and an empty SMTP mailbox.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -180,10 +181,11 @@ def client(app: Flask):  # type: ignore[no-untyped-def]
 class WorkerProcess:
     """``celery -A tasks.worker worker`` as the Procfile runs it, in a subprocess."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, name: str) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, name: str, concurrency: int = 2) -> None:
         self.env = {**os.environ, **env}
         self.log_path = log_path
         self.name = name
+        self.concurrency = concurrency
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60) -> None:
@@ -191,9 +193,10 @@ class WorkerProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker", "--loglevel=INFO",
-             "--pool=prefork", "--concurrency=2", f"--hostname={self.name}@%h",
+             "--pool=prefork", f"--concurrency={self.concurrency}", f"--hostname={self.name}@%h",
              "--without-gossip", "--without-mingle", "--without-heartbeat"],
             cwd=PROJECT_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so kill() takes the pool children too
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -214,11 +217,25 @@ class WorkerProcess:
                 self.process.wait()
         self.process = None
 
+    def kill(self) -> None:
+        """SIGKILL the main process and its pool children at once, as a crash would."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self.process = None
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
 
 _workers: dict[str, WorkerProcess] = {}
+
+
+def stop_shared_worker(stack: Stack) -> None:
+    """Stop the stack's shared worker, for tests that must own every consumer of the queue."""
+    running = _workers.pop(stack.name, None)
+    if running is not None:
+        running.stop()
 
 
 @pytest.fixture
