@@ -115,6 +115,7 @@ def digest_selection(settings: Settings, subscriber_ids: Sequence[int], cutoff: 
         .where(
             Subscriber.id.in_(subscriber_ids),
             Subscriber.status == SubscriberStatus.CONFIRMED,
+            Subscriber.suppressed_at.is_(None),
             Article.published_at > func.coalesce(Subscriber.digest_since, Subscriber.confirmed_at),
             Article.published_at >= Subscription.confirmed_at,
             Article.published_at <= cutoff,
@@ -145,8 +146,8 @@ def _next_subscriber_batch(session: Session, timezone: str, frequency: Frequency
                            after: int, size: int) -> list[int]:
     query = (
         select(Subscriber.id)
-        .where(Subscriber.status == SubscriberStatus.CONFIRMED, Subscriber.timezone == timezone,
-               Subscriber.frequency == frequency, Subscriber.id > after)
+        .where(Subscriber.status == SubscriberStatus.CONFIRMED, Subscriber.suppressed_at.is_(None),
+               Subscriber.timezone == timezone, Subscriber.frequency == frequency, Subscriber.id > after)
         .order_by(Subscriber.id)
         .limit(size)
     )

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -195,6 +196,8 @@ class Subscriber(db.Model):
     token_epoch: Mapped[int] = mapped_column(default=1)
     last_delivery_error: Mapped[str | None] = mapped_column(Text)
     soft_bounce_count: Mapped[int] = mapped_column(default=0, server_default="0")
+    # Set while the address is on the suppression list, so planning can skip it in SQL.
+    suppressed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # When we last queued a confirmation email; cleared when the reader confirms or
     # leaves. Repeated form posts inside CONFIRMATION_RESEND_SECONDS send nothing more.
     confirmation_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -310,12 +313,17 @@ class Bounce(db.Model):
     """A bounce or complaint that came back for one of our messages."""
 
     __tablename__ = "bounces"
+    __table_args__ = (
+        # The same bounce of the same delivery is recorded once, however often it is posted.
+        Index("uq_bounces_delivery_kind", "delivery_id", "kind", unique=True,
+              postgresql_where=text("delivery_id IS NOT NULL"), sqlite_where=text("delivery_id IS NOT NULL")),
+        Index("ix_bounces_kind_received_at", "kind", "received_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[BounceKind] = mapped_column(_enum(BounceKind, "bounce_kind"))
     email_hash: Mapped[str] = mapped_column(String(64), index=True)
-    delivery_id: Mapped[int | None] = mapped_column(
-        ForeignKey("deliveries.id", ondelete="SET NULL"), index=True)
+    delivery_id: Mapped[int | None] = mapped_column(ForeignKey("deliveries.id", ondelete="SET NULL"))
     subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id", ondelete="SET NULL"))
     status: Mapped[str | None] = mapped_column(String(20))  # enhanced status code, e.g. 5.1.1
     diagnostic: Mapped[str | None] = mapped_column(Text)

@@ -8,12 +8,13 @@ is checked right before every send.
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.models import Suppression, SuppressionReason
+from service.models import Subscriber, Suppression, SuppressionReason, utcnow
 
 
 def address_hash(email: str) -> str:
@@ -29,7 +30,11 @@ def is_suppressed(session: Session, email: str) -> bool:
 
 def suppress(session: Session, email: str, reason: SuppressionReason, detail: str | None = None
              ) -> Suppression:
-    """Add the address to the list (once; a second call returns the first entry)."""
+    """Add the address to the list (once; a second call returns the first entry).
+
+    A subscriber with this address is marked too, so digest planning skips them.
+    """
+    _mark_subscriber(session, email, utcnow())
     digest = address_hash(email)
     existing = session.scalars(select(Suppression).where(Suppression.email_hash == digest)).one_or_none()
     if existing is not None:
@@ -48,7 +53,16 @@ def unsuppress(session: Session, email: str) -> bool:
     entry = session.scalars(
         select(Suppression).where(Suppression.email_hash == address_hash(email))
     ).one_or_none()
+    _mark_subscriber(session, email, None)
     if entry is None:
         return False
     session.delete(entry)
     return True
+
+
+def _mark_subscriber(session: Session, email: str, suppressed_at: datetime | None) -> None:
+    session.execute(
+        update(Subscriber).where(Subscriber.email == email.strip().lower())
+        .values(suppressed_at=suppressed_at)
+        .execution_options(synchronize_session="fetch")
+    )

@@ -47,12 +47,17 @@ def upgrade():
     sa.PrimaryKeyConstraint('id', name=op.f('pk_bounces'))
     )
     with op.batch_alter_table('bounces', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_bounces_delivery_id'), ['delivery_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_bounces_email_hash'), ['email_hash'], unique=False)
+        batch_op.create_index('ix_bounces_kind_received_at', ['kind', 'received_at'], unique=False)
+    # Partial: bounces that map to no delivery are told apart by time instead.
+    op.create_index('uq_bounces_delivery_kind', 'bounces', ['delivery_id', 'kind'], unique=True,
+                    postgresql_where=sa.text('delivery_id IS NOT NULL'),
+                    sqlite_where=sa.text('delivery_id IS NOT NULL'))
 
     with op.batch_alter_table('subscribers', schema=None,
                               table_kwargs={'sqlite_autoincrement': True}) as batch_op:
         batch_op.add_column(sa.Column('soft_bounce_count', sa.Integer(), server_default='0', nullable=False))
+        batch_op.add_column(sa.Column('suppressed_at', sa.DateTime(timezone=True), nullable=True))
 
     with op.batch_alter_table('deliveries', schema=None,
                               table_kwargs={'sqlite_autoincrement': True}) as batch_op:
@@ -72,11 +77,13 @@ def downgrade():
 
     with op.batch_alter_table('subscribers', schema=None,
                               table_kwargs={'sqlite_autoincrement': True}) as batch_op:
+        batch_op.drop_column('suppressed_at')
         batch_op.drop_column('soft_bounce_count')
 
+    op.drop_index('uq_bounces_delivery_kind', table_name='bounces')
     with op.batch_alter_table('bounces', schema=None) as batch_op:
+        batch_op.drop_index('ix_bounces_kind_received_at')
         batch_op.drop_index(batch_op.f('ix_bounces_email_hash'))
-        batch_op.drop_index(batch_op.f('ix_bounces_delivery_id'))
 
     op.drop_table('bounces')
     op.drop_table('suppressions')

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -50,7 +52,7 @@ def compose_confirmation(
         subject=rendered.subject,
         text=rendered.text,
         html=rendered.html,
-        message_id=stable_message_id(delivery, settings.mail_domain),
+        message_id=stable_message_id(delivery, settings),
         date=now,
         extra_headers=(
             *list_unsubscribe_headers(subscriber.id),
@@ -68,10 +70,16 @@ def feedback_id_header(delivery: Delivery, settings: Settings) -> list[tuple[str
     return [("Feedback-ID", f"{campaign}:{delivery.kind.value}:{settings.FEEDBACK_ID_SENDER}")]
 
 
-def stable_message_id(delivery: Delivery, domain: str) -> str:
-    """The same Message-ID on every attempt, so a duplicate can be recognised."""
+def stable_message_id(delivery: Delivery, settings: Settings) -> str:
+    """The same Message-ID on every attempt, so a duplicate can be recognised.
+
+    It ends in an HMAC of the delivery, so a forged bounce cannot guess the
+    Message-ID of someone else's mail to pin a bounce on them.
+    """
     stamp = f"{delivery.created_at:%Y%m%d%H%M%S}"
-    return make_message_id(domain, f"{delivery.kind.value}.{delivery.id}.{stamp}")
+    local = f"{delivery.kind.value}.{delivery.id}.{stamp}"
+    signature = hmac.new(settings.SECRET_KEY.encode(), local.encode(), hashlib.sha256).hexdigest()[:12]
+    return make_message_id(settings.mail_domain, f"{local}.{signature}")
 
 
 def _display_name(mailbox: str) -> str:
@@ -129,7 +137,7 @@ def compose_digest(delivery: Delivery, subscriber: Subscriber, settings: Setting
         subject=rendered.subject,
         text=rendered.text,
         html=rendered.html,
-        message_id=stable_message_id(delivery, settings.mail_domain),
+        message_id=stable_message_id(delivery, settings),
         date=now,
         extra_headers=(
             *list_unsubscribe_headers(subscriber.id),

@@ -9,7 +9,15 @@ from sqlalchemy import func, select
 from service.articles import ArticleInput, ingest_articles
 from service.config import get_settings
 from service.digests import DigestFilter, find_subscriber, plan_digests, preview_digest
-from service.models import Delivery, DeliveryKind, DigestItem, Frequency, Subscriber, Topic
+from service.models import (
+    Delivery,
+    DeliveryKind,
+    DigestItem,
+    Frequency,
+    Subscriber,
+    SuppressionReason,
+    Topic,
+)
 from service.subscriptions import (
     PreferencesUpdate,
     SubscriptionRequest,
@@ -18,6 +26,7 @@ from service.subscriptions import (
     unsubscribe,
     update_preferences,
 )
+from service.suppressions import suppress, unsuppress
 from service.topics import retire_topic
 
 CONFIRMED = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)  # a Friday
@@ -235,3 +244,15 @@ def test_the_preview_shows_the_next_digest_and_plans_nothing(session, settings):
     assert "Tyler Pisapia" in rendered.text
     assert digests_count(session) == 0
     assert find_subscriber(session, email=" Peggy@Example.com ") == peggy
+
+
+def test_a_suppressed_reader_gets_no_digest_planned_until_unsuppressed(session, settings):
+    peggy = reader(session, "peggy@example.com", ["marvel-news"])
+    article(session, "News", ["marvel"], CONFIRMED + timedelta(hours=1))
+    suppress(session, "Peggy@Example.com", SuppressionReason.HARD_BOUNCE)
+    session.commit()
+    assert peggy.suppressed_at is not None
+    assert plan(session, settings, MONDAY_9, force=True) == []
+    unsuppress(session, "peggy@example.com")
+    session.commit()
+    assert len(plan(session, settings, MONDAY_9, force=True)) == 1
