@@ -1,6 +1,7 @@
 """DKIM signatures as verified by dkimpy, Feedback-ID, and the global send rate."""
 
 import base64
+from datetime import timedelta
 
 import dkim
 import pytest
@@ -8,12 +9,15 @@ import redis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from service.articles import ArticleInput, ingest_articles
 from service.config import get_settings
 from service.deliveries import deliver
+from service.digests import plan_digests
 from service.extensions import db
 from service.mail.ratelimit import LocalTokenBucket, RedisTokenBucket
 from service.mail.transport import transport_for
-from service.subscriptions import SubscriptionRequest, subscribe
+from service.models import utcnow
+from service.subscriptions import SubscriptionRequest, confirm_subscription, subscribe
 from tests.conftest import TEST_REDIS_URL
 
 EMAIL = "peggy@example.com"
@@ -28,6 +32,15 @@ def dkim_key():
                                            serialization.PublicFormat.SubjectPublicKeyInfo)
     record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
     return pem, record
+
+
+def _send_all(settings, delivery_ids):
+    transport = transport_for(settings, db.session)
+    try:
+        for delivery_id in delivery_ids:
+            deliver(db.session, delivery_id, transport, settings)
+    finally:
+        transport.close()
 
 
 def _send_confirmation(app):
@@ -84,3 +97,28 @@ def test_the_local_bucket_grants_its_burst_then_asks_to_wait():
     bucket = LocalTokenBucket(rate=2, burst=3)
     assert [bucket.try_acquire() == 0 for _ in range(3)] == [True, True, True]
     assert 0 < bucket.try_acquire() <= 0.5
+
+
+def test_digests_can_come_from_another_address_than_confirmations(stack, app, smtp):
+    sender = stack.make_app(DIGEST_MAIL_FROM="Marvel Weekly <weekly@example.com>")
+    with sender.app_context():
+        settings = get_settings()
+        outcome = subscribe(db.session, SubscriptionRequest(EMAIL, ["marvel-news"]), "weekly")
+        db.session.commit()
+        _send_all(settings, outcome.delivery_ids)  # the confirmation, while still pending
+        confirm_subscription(db.session, outcome.subscriber_id, 1)
+        db.session.commit()
+        published = utcnow() + timedelta(seconds=1)
+        ingest_articles(db.session, [ArticleInput("Atwell on set", "https://www.example.com/a", published,
+                                                  tags=["marvel"])])
+        db.session.commit()
+        [batch] = [b for b in plan_digests(db.session, settings, published + timedelta(seconds=1),
+                                           force=True) if b.delivery_ids]
+        _send_all(settings, batch.delivery_ids)
+    confirmation, digest = smtp.wait_for(EMAIL, count=2)
+    assert confirmation.message["From"] == "Marvel News <news@example.com>"
+    assert digest.message["From"] == "Marvel Weekly <weekly@example.com>"
+    header_block = digest.raw.split(b"\r\n\r\n", 1)[0]
+    assert b"=?" not in header_block  # nothing RFC 2047-encoded
+    for name in (b"List-Unsubscribe:", b"List-Unsubscribe-Post:", b"List-Id:", b"Message-ID:"):
+        assert header_block.count(b"\r\n" + name) == 1
