@@ -201,6 +201,8 @@ class Subscriber(db.Model):
     # When we last queued a confirmation email; cleared when the reader confirms or
     # leaves. Repeated form posts inside CONFIRMATION_RESEND_SECONDS send nothing more.
     confirmation_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Confirmation emails queued while pending; capped so a form cannot flood an inbox.
+    pending_confirmations: Mapped[int] = mapped_column(default=0, server_default="0")
     # IANA zone name; the digest goes out at the send hour in this zone.
     timezone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
     # Digests carry articles published after this moment: set at confirmation and
@@ -339,6 +341,40 @@ class SendingPause(db.Model):
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     resumed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ConsentRecord(db.Model):
+    """Proof of consent for one subscription: when, where and how it was given and withdrawn."""
+
+    __tablename__ = "consent_records"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscription_id: Mapped[int] = mapped_column(
+        ForeignKey("subscriptions.id", ondelete="CASCADE"), index=True)
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    source: Mapped[str] = mapped_column(String(20))  # form, json, preferences, admin
+    page_url: Mapped[str | None] = mapped_column(String(2048))
+    ip_address: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(512))
+    consent_text_version: Mapped[str] = mapped_column(String(40))
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    withdrawn_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    withdrawn_via: Mapped[str | None] = mapped_column(String(40))  # one-click, preferences, complaint ...
+
+    subscription: Mapped[Subscription] = relationship()
+
+
+class ApiKey(db.Model):
+    """A named admin API key; only its hash is stored, and it can be revoked."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class CapturedEmail(db.Model):
