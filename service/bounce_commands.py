@@ -19,8 +19,8 @@ from flask import Flask
 from flask.cli import AppGroup
 from sqlalchemy.exc import OperationalError
 
+from service.bounce_reports import NotABounce
 from service.bounces import (
-    NotABounce,
     find_suppression,
     ingest_message,
     lift_suppression,

@@ -52,6 +52,8 @@ class Settings:
     CONFIRM_TOKEN_MAX_AGE: int
     CONFIRM_ON_GET: bool
     CONFIRMATION_RESEND_SECONDS: int
+    CONFIRMATION_MAX_PENDING: int
+    CONSENT_TEXT_VERSION: str
     DEFAULT_FREQUENCY: str
     MAX_FORM_BYTES: int
     DELIVERY_MAX_ATTEMPTS: int
@@ -156,6 +158,8 @@ def load_settings(environ: Mapping[str, str], instance_path: Path) -> Settings:
         CONFIRM_TOKEN_MAX_AGE=env.int("CONFIRM_TOKEN_MAX_AGE", 7 * 24 * 3600),
         CONFIRM_ON_GET=env.bool("CONFIRM_ON_GET", False),
         CONFIRMATION_RESEND_SECONDS=env.int("CONFIRMATION_RESEND_SECONDS", 3600),
+        CONFIRMATION_MAX_PENDING=env.int("CONFIRMATION_MAX_PENDING", 3),
+        CONSENT_TEXT_VERSION=env.str("CONSENT_TEXT_VERSION") or "1",
         DEFAULT_FREQUENCY=env.choice("DEFAULT_FREQUENCY", FREQUENCIES, "weekly"),
         MAX_FORM_BYTES=env.int("MAX_FORM_BYTES", 16 * 1024),
         DELIVERY_MAX_ATTEMPTS=env.int("DELIVERY_MAX_ATTEMPTS", 8),

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.config import FREQUENCIES
+from service.consent import ConsentContext, mark_confirmed, mark_withdrawn, record_request
 from service.errors import InvalidInput
 from service.models import (
     Delivery,
@@ -34,7 +35,15 @@ from service.schedule import is_valid_timezone
 MAX_EMAIL_LENGTH = 254
 MAX_NAME_LENGTH = 200
 MAX_TOPICS = 20
-DEFAULT_RESEND_AFTER = timedelta(hours=1)
+@dataclass(frozen=True)
+class ConfirmationPolicy:
+    """How often a confirmation email may go to one address, however often the form is posted."""
+
+    resend_after: timedelta = timedelta(hours=1)
+    max_while_pending: int = 3
+
+
+DEFAULT_POLICY = ConfirmationPolicy()
 
 
 class InvalidSubscription(InvalidInput):
@@ -52,6 +61,7 @@ class SubscriptionRequest:
     name: str | None = None
     frequency: str | None = None
     timezone: str | None = None  # IANA name, e.g. from the browser's Intl API
+    consent: ConsentContext | None = None
 
 
 @dataclass
@@ -87,7 +97,7 @@ def subscribe(
     session: Session,
     request: SubscriptionRequest,
     default_frequency: str,
-    resend_after: timedelta = DEFAULT_RESEND_AFTER,
+    policy: ConfirmationPolicy = DEFAULT_POLICY,
 ) -> SubscribeOutcome:
     """Record a pending subscription and, when needed, a confirmation delivery.
 
@@ -113,9 +123,11 @@ def subscribe(
         subscriber.frequency = Frequency(frequency) if frequency else subscriber.frequency
         subscriber.timezone = timezone or subscriber.timezone or "UTC"
 
-    _request_topics(session, subscriber, topics)
+    asked = _request_topics(session, subscriber, topics)
+    if request.consent is not None:
+        record_request(session, asked, request.consent, utcnow())
     if _has_pending_topics(subscriber):
-        delivery = _queue_confirmation(session, subscriber, resend_after)
+        delivery = _queue_confirmation(session, subscriber, policy)
         if delivery is not None:
             outcome.delivery_ids.append(delivery.id)
     return outcome
@@ -137,17 +149,20 @@ def confirm_subscription(session: Session, subscriber_id: int, token_epoch: int)
         # Digests start from now: a new reader does not get a flood of old articles.
         subscriber.digest_since = now
     subscriber.confirmation_requested_at = None
-    for subscription in subscriber.subscriptions:
-        if subscription.status == SubscriptionStatus.PENDING:
-            subscription.status = SubscriptionStatus.CONFIRMED
-            subscription.confirmed_at = now
+    subscriber.pending_confirmations = 0
+    confirmed = [s for s in subscriber.subscriptions if s.status == SubscriptionStatus.PENDING]
+    for subscription in confirmed:
+        subscription.status = SubscriptionStatus.CONFIRMED
+        subscription.confirmed_at = now
+    mark_confirmed(session, confirmed, now)
     return subscriber
 
 
-def unsubscribe(session: Session, subscriber_id: int) -> Subscriber | None:
+def unsubscribe(session: Session, subscriber_id: int, via: str = "one-click") -> Subscriber | None:
     """Leave every topic at once (RFC 8058 one-click). Harmless to repeat.
 
     Returns None when the subscriber no longer exists: they are gone already.
+    ``via`` is kept in the consent records (one-click, preferences, complaint ...).
     """
     subscriber = session.get(Subscriber, subscriber_id, with_for_update=True)
     if subscriber is None:
@@ -158,10 +173,12 @@ def unsubscribe(session: Session, subscriber_id: int) -> Subscriber | None:
         subscriber.unsubscribed_at = now
         subscriber.token_epoch += 1
     subscriber.confirmation_requested_at = None
-    for subscription in subscriber.subscriptions:
-        if subscription.status != SubscriptionStatus.UNSUBSCRIBED:
-            subscription.status = SubscriptionStatus.UNSUBSCRIBED
-            subscription.unsubscribed_at = now
+    subscriber.pending_confirmations = 0
+    left = [s for s in subscriber.subscriptions if s.status != SubscriptionStatus.UNSUBSCRIBED]
+    for subscription in left:
+        subscription.status = SubscriptionStatus.UNSUBSCRIBED
+        subscription.unsubscribed_at = now
+    mark_withdrawn(session, left, now, via)
     return subscriber
 
 
@@ -171,6 +188,7 @@ class PreferencesUpdate:
     frequency: str
     name: str | None
     timezone: str | None = None
+    consent: ConsentContext | None = None
 
 
 def update_preferences(
@@ -194,7 +212,7 @@ def update_preferences(
     if errors:
         raise InvalidSubscription(errors)
     if not topics:
-        return unsubscribe(session, subscriber_id)
+        return unsubscribe(session, subscriber_id, via="preferences")
 
     subscriber.frequency = Frequency(update.frequency)
     subscriber.name = name
@@ -212,6 +230,7 @@ def update_preferences(
     )
     by_topic = {s.topic_id: s for s in subscriber.subscriptions}
     wanted_ids = {t.id for t in topics}
+    joined: list[Subscription] = []
     for topic in topics:
         subscription = by_topic.get(topic.id)
         if subscription is None:
@@ -223,16 +242,22 @@ def update_preferences(
         subscription.unsubscribed_at = None
         if wanted_state == SubscriptionStatus.CONFIRMED:
             subscription.confirmed_at = now
-    for topic_id, subscription in by_topic.items():
-        if topic_id not in wanted_ids and subscription.status != SubscriptionStatus.UNSUBSCRIBED:
-            subscription.status = SubscriptionStatus.UNSUBSCRIBED
-            subscription.unsubscribed_at = now
+        joined.append(subscription)
+    left = [s for topic_id, s in by_topic.items()
+            if topic_id not in wanted_ids and s.status != SubscriptionStatus.UNSUBSCRIBED]
+    for subscription in left:
+        subscription.status = SubscriptionStatus.UNSUBSCRIBED
+        subscription.unsubscribed_at = now
+    session.flush()
+    if update.consent is not None:
+        record_request(session, joined, update.consent, now,
+                       confirmed=wanted_state == SubscriptionStatus.CONFIRMED)
+    mark_withdrawn(session, left, now, "preferences")
     return subscriber
 
 
 def request_new_confirmation(
-    session: Session, subscriber_id: int, token_epoch: int,
-    resend_after: timedelta = DEFAULT_RESEND_AFTER,
+    session: Session, subscriber_id: int, token_epoch: int, policy: ConfirmationPolicy = DEFAULT_POLICY,
 ) -> Delivery | None:
     """Queue a fresh confirmation email for a reader whose link expired.
 
@@ -245,7 +270,7 @@ def request_new_confirmation(
         or not _has_pending_topics(subscriber)
     ):
         return None
-    return _queue_confirmation(session, subscriber, resend_after)
+    return _queue_confirmation(session, subscriber, policy)
 
 
 def subscribed_topic_ids(subscriber: Subscriber) -> set[int]:
@@ -341,19 +366,25 @@ def _get_or_create_subscriber(
     return subscriber
 
 
-def _request_topics(session: Session, subscriber: Subscriber, topics: Sequence[Topic]) -> None:
-    """Mark the topics pending unless already confirmed."""
+def _request_topics(session: Session, subscriber: Subscriber, topics: Sequence[Topic]
+                    ) -> list[Subscription]:
+    """Mark the topics pending unless already confirmed; returns those newly asked for."""
     by_topic = {s.topic_id: s for s in subscriber.subscriptions}
+    asked: list[Subscription] = []
     for topic in topics:
         subscription = by_topic.get(topic.id)
         if subscription is None:
-            subscriber.subscriptions.append(
-                Subscription(topic=topic, status=SubscriptionStatus.PENDING)
-            )
+            subscription = Subscription(topic=topic, status=SubscriptionStatus.PENDING)
+            subscriber.subscriptions.append(subscription)
+            asked.append(subscription)
         elif subscription.status == SubscriptionStatus.UNSUBSCRIBED:
             subscription.status = SubscriptionStatus.PENDING
             subscription.unsubscribed_at = None
+            asked.append(subscription)
+        elif subscription.status == SubscriptionStatus.PENDING:
+            asked.append(subscription)  # asked again: the latest request is recorded too
     session.flush()
+    return asked
 
 
 def _has_pending_topics(subscriber: Subscriber) -> bool:
@@ -361,14 +392,17 @@ def _has_pending_topics(subscriber: Subscriber) -> bool:
 
 
 def _queue_confirmation(
-    session: Session, subscriber: Subscriber, resend_after: timedelta
+    session: Session, subscriber: Subscriber, policy: ConfirmationPolicy
 ) -> Delivery | None:
-    """Queue a confirmation unless one was queued within ``resend_after``."""
+    """Queue a confirmation unless one went out within the window or the cap is reached."""
     now = utcnow()
     last = subscriber.confirmation_requested_at
-    if last is not None and now - last < resend_after:
+    if last is not None and now - last < policy.resend_after:
+        return None
+    if subscriber.pending_confirmations >= policy.max_while_pending:
         return None
     subscriber.confirmation_requested_at = now
+    subscriber.pending_confirmations += 1
     delivery = Delivery(kind=DeliveryKind.CONFIRMATION, subscriber=subscriber)
     session.add(delivery)
     session.flush()

@@ -21,19 +21,30 @@ def verp_address(bounce_address: str, delivery_id: int, secret_key: str) -> str:
     return f"{local}+d{delivery_id}-{_signature(delivery_id, secret_key)}@{domain}"
 
 
+def looks_like_verp(address: str, bounce_address: str) -> bool:
+    """Whether the address has the shape of a VERP address of ``bounce_address``
+    (its local part and domain, with a +d<id>-<sig> suffix); the signature is not checked."""
+    return _verp_match(address, bounce_address) is not None
+
+
 def delivery_id_from_verp(address: str, bounce_address: str, secret_keys: Sequence[str]) -> int | None:
     """The delivery id a VERP address names, or None if it is not one of ours."""
-    match = _VERP.match(address.strip().strip("<>"))
+    match = _verp_match(address, bounce_address)
     if match is None:
-        return None
-    local, _, domain = bounce_address.partition("@")
-    if match["local"].lower() != local.lower() or match["domain"].lower() != domain.lower():
         return None
     delivery_id = int(match["id"])
     signature = match["sig"].lower()
     if any(hmac.compare_digest(signature, _signature(delivery_id, key)) for key in secret_keys):
         return delivery_id
     return None
+
+
+def _verp_match(address: str, bounce_address: str) -> re.Match[str] | None:
+    match = _VERP.match(address.strip().strip("<>"))
+    local, _, domain = bounce_address.partition("@")
+    if match is None or match["local"].lower() != local.lower() or match["domain"].lower() != domain.lower():
+        return None
+    return match
 
 
 def _signature(delivery_id: int, secret_key: str) -> str:

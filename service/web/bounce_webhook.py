@@ -4,7 +4,9 @@ Needs ``Authorization: Bearer <token>`` with BOUNCE_WEBHOOK_TOKEN or
 ADMIN_API_TOKEN; otherwise 401 and no data, and with neither configured the
 webhook is closed. The body is a raw DSN or ARF message (``Content-Type:
 message/rfc822``, optionally ``?recipient=`` with the envelope recipient it
-was delivered to), or JSON from an ESP that parsed the bounce already.
+was delivered to), or JSON from an ESP that parsed the bounce already. With
+BOUNCE_ADDRESS set, a raw report counts only if it names a VERP address or a
+Message-ID of ours; an ESP's JSON may name the reader's address alone.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from service.bounces import IngestResult, NotABounce, ingest_message, record_reports, reports_from_json
+from service.bounce_reports import NotABounce, reports_from_json
+from service.bounces import IngestResult, ingest_message, record_reports
 from service.config import get_settings
 from service.errors import InvalidInput
 from service.extensions import db

@@ -14,9 +14,11 @@ from werkzeug.wrappers import Response
 
 from service import links
 from service.config import FREQUENCIES, get_settings
+from service.consent import ConsentContext
 from service.extensions import db
 from service.models import Subscriber, SubscriberStatus, SubscriptionStatus
 from service.subscriptions import (
+    ConfirmationPolicy,
     InvalidLink,
     InvalidSubscription,
     PreferencesUpdate,
@@ -101,9 +103,11 @@ def subscribe_post():  # type: ignore[no-untyped-def]
                 name=form.get("name") or None,
                 frequency=form.get("frequency") or None,
                 timezone=form.get("timezone") or None,
+                consent=consent_context("json" if request.is_json else "form",
+                                        page_url=request.referrer or form.get("next") or None),
             ),
             default_frequency=settings.DEFAULT_FREQUENCY,
-            resend_after=timedelta(seconds=settings.CONFIRMATION_RESEND_SECONDS),
+            policy=confirmation_policy(),
         )
     except InvalidSubscription as invalid:
         db.session.rollback()
@@ -144,8 +148,7 @@ def resend_confirmation():  # type: ignore[no-untyped-def]
     claims = signer().read(TokenPurpose.CONFIRM, form.get("token"))  # any age: it was ours
     subscriber_id, epoch = claims.get("sid"), claims.get("e")
     if isinstance(subscriber_id, int) and isinstance(epoch, int):
-        resend_after = timedelta(seconds=get_settings().CONFIRMATION_RESEND_SECONDS)
-        delivery = request_new_confirmation(db.session, subscriber_id, epoch, resend_after)
+        delivery = request_new_confirmation(db.session, subscriber_id, epoch, confirmation_policy())
         db.session.commit()
         if delivery is not None:
             publish_deliveries([delivery.id])
@@ -184,7 +187,7 @@ def preferences(token: str):  # type: ignore[no-untyped-def]
     request.max_content_length = get_settings().MAX_FORM_BYTES
     form = read_form(scalar_fields=("frequency", "name", "timezone", "action"), list_fields=("topics",))
     if form.get("action") == "unsubscribe":
-        unsubscribe(db.session, subscriber_id)
+        unsubscribe(db.session, subscriber_id, via="preferences")
         db.session.commit()
         return render_template("unsubscribed.html", preferences_url=None)
     try:
@@ -193,6 +196,7 @@ def preferences(token: str):  # type: ignore[no-untyped-def]
             frequency=form.get("frequency") or subscriber.frequency.value,
             name=form.get("name"),
             timezone=form.get("timezone") or None,
+            consent=consent_context("preferences"),
         ))
     except InvalidSubscription as invalid:
         db.session.rollback()
@@ -237,6 +241,19 @@ def _render_preferences(token: str, subscriber: Subscriber, form: SubmittedForm 
         frequencies=FREQUENCIES, errors=errors, saved=saved,
         pending=subscriber.status == SubscriberStatus.PENDING,
     )
+
+
+def confirmation_policy() -> ConfirmationPolicy:
+    settings = get_settings()
+    return ConfirmationPolicy(resend_after=timedelta(seconds=settings.CONFIRMATION_RESEND_SECONDS),
+                              max_while_pending=settings.CONFIRMATION_MAX_PENDING)
+
+
+def consent_context(source: str, page_url: str | None = None) -> ConsentContext:
+    """What this request tells about the consent it carries, for the consent record."""
+    return ConsentContext(source=source, text_version=get_settings().CONSENT_TEXT_VERSION,
+                          page_url=page_url, ip_address=request.remote_addr,
+                          user_agent=request.user_agent.string or None)
 
 
 def _allowed_redirect(url: str) -> str | None:

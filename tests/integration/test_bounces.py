@@ -7,10 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, insert, select, text
 
 from service.bounce_commands import register_bounce_commands
-from service.bounces import find_suppression, parse_report, record_bounce
+from service.bounce_reports import parse_report
+from service.bounces import find_suppression, record_bounce
 from service.config import get_settings
 from service.deliveries import RetryLater, deliver
 from service.extensions import db
@@ -27,14 +28,16 @@ from service.models import (
     SuppressionReason,
 )
 from service.pauses import open_pause, resume_sending
-from service.subscriptions import SubscriptionRequest, confirm_subscription, subscribe
-from service.suppressions import is_suppressed
+from service.subscriptions import ConfirmationPolicy, SubscriptionRequest, confirm_subscription, subscribe
+from service.suppressions import address_hash, is_suppressed
 from service.web import bounce_webhook
-from tests.unit.test_bounce_parsing import arf, dsn, recipient
+from tests.bounce_messages import arf, dsn, recipient
 
 BOUNCE_ADDRESS = "bounces@example.com"
 WEBHOOK_TOKEN = "bounce-webhook-token-0123456789"
 ADMIN_TOKEN = "admin-token-for-tests-0123456789"
+# Tests subscribe the same address several times; the flood limits would get in the way.
+NO_LIMITS = ConfirmationPolicy(resend_after=timedelta(0), max_while_pending=1000)
 EMAIL = "peggy@example.com"
 FORWARDED = "peggy.carter@forwarded.example.net"
 
@@ -75,7 +78,7 @@ def webhook(bounce_app, bounce_session):
 def _sent_confirmation(session, email=EMAIL) -> Delivery:
     """Subscribe (again) and send the confirmation to the outbox, as the worker would."""
     outcome = subscribe(session, SubscriptionRequest(email, ["marvel-news"]), "weekly",
-                        resend_after=timedelta(0))
+                        policy=NO_LIMITS)
     session.commit()
     [delivery_id] = outcome.delivery_ids
     assert deliver(session, delivery_id, OutboxTransport(session), get_settings()).state == DeliveryState.SENT
@@ -118,7 +121,7 @@ def test_a_hard_bounce_via_verp_suppresses_the_address_and_the_next_message_is_n
     assert find_suppression(bounce_session, EMAIL).reason == SuppressionReason.HARD_BOUNCE
 
     outcome = subscribe(bounce_session, SubscriptionRequest(EMAIL, ["tv-news"]), "weekly",
-                        resend_after=timedelta(0))
+                        policy=NO_LIMITS)
     bounce_session.commit()
     settings = get_settings()
     with SMTPTransport(SMTPSettings(settings.SMTP_HOST, settings.SMTP_PORT)) as transport:
@@ -216,6 +219,59 @@ def test_a_forged_verp_address_maps_to_nothing(bounce_session):
     assert _count(bounce_session, Bounce) == 0
     assert not is_suppressed(bounce_session, EMAIL)
     assert bounce_session.get(Delivery, delivery.id).state == DeliveryState.SENT
+
+
+def test_with_verp_a_raw_report_naming_only_an_address_maps_to_nothing(bounce_session):
+    delivery = _sent_confirmation(bounce_session)
+    # Anyone can mail the bounce address: this names a reader, and no mail of ours.
+    raw = dsn(recipient(EMAIL, "5.1.1"), to=BOUNCE_ADDRESS, returned="none")
+    assert _record(bounce_session, raw) is None
+    assert _count(bounce_session, Bounce) == 0
+    assert not is_suppressed(bounce_session, EMAIL)
+    assert bounce_session.get(Delivery, delivery.id).state == DeliveryState.SENT
+
+    # The same report, with no BOUNCE_ADDRESS configured, is matched by the address as before.
+    without_verp = dataclasses.replace(get_settings(), BOUNCE_ADDRESS=None)
+    bounce = _record(bounce_session, raw, without_verp)
+    assert (bounce.delivery_id, bounce.subscriber_id) == (None, delivery.subscriber_id)
+    assert is_suppressed(bounce_session, EMAIL)
+
+
+def test_with_verp_a_raw_report_is_still_tied_by_the_message_id_of_our_mail(bounce_session):
+    delivery = _sent_confirmation(bounce_session)
+    sent = _sent_copy(bounce_session, delivery)
+    bounce = _record(bounce_session, dsn(recipient(EMAIL, "5.1.1"), to=BOUNCE_ADDRESS, original=sent.raw))
+    assert bounce.delivery_id == delivery.id
+    assert is_suppressed(bounce_session, EMAIL)
+
+
+# PostgreSQL only: on SQLite the write lock taken before the look leaves no other writer a gap.
+@pytest.mark.parametrize("stack", ["postgres"], indirect=True)
+def test_a_bounce_recorded_concurrently_between_look_and_insert_is_returned(bounce_session, stack):
+    delivery = _sent_confirmation(bounce_session)
+    [report] = parse_report(_bounce_of(bounce_session, delivery, "4.2.2"))
+    engine, rival = db.engine, []
+
+    def insert_the_rival_first(connection, cursor, statement, parameters, context, executemany):
+        if rival or not statement.startswith("INSERT INTO bounces"):
+            return
+        rival.append(None)
+        with engine.connect() as other:  # another transaction, committed before our insert runs
+            other.execute(text("SET LOCAL lock_timeout = '5s'"))  # fail, not hang, if it ever waits on us
+            rival[0] = other.execute(insert(Bounce).values(
+                kind=BounceKind.SOFT, email_hash=address_hash(EMAIL), delivery_id=delivery.id,
+                subscriber_id=delivery.subscriber_id, status="4.2.2").returning(Bounce.id)).scalar_one()
+            other.commit()
+
+    event.listen(engine, "before_cursor_execute", insert_the_rival_first)
+    try:
+        bounce = record_bounce(bounce_session, get_settings(), report)
+        bounce_session.commit()
+    finally:
+        event.remove(engine, "before_cursor_execute", insert_the_rival_first)
+    assert rival and bounce.id == rival[0]
+    assert _count(bounce_session, Bounce) == 1
+    assert bounce_session.scalars(select(Subscriber)).one().soft_bounce_count == 0  # the rival's to count
 
 
 def test_without_verp_a_bounce_is_tied_to_its_delivery_by_message_id(session):
@@ -332,6 +388,27 @@ def test_an_esp_bounce_posted_as_json_is_recorded_once_however_often_it_comes(we
     assert bounce_session.scalars(select(Subscriber)).one().soft_bounce_count == 1
 
 
+def test_a_raw_report_posted_naming_only_an_address_is_answered_unmatched(webhook, bounce_session):
+    _sent_confirmation(bounce_session)
+    raw = dsn(recipient(EMAIL, "5.1.1"), to=BOUNCE_ADDRESS, returned="none")
+    response = webhook.post("/api/v1/bounces", data=raw, content_type="message/rfc822",
+                            headers={"Authorization": f"Bearer {WEBHOOK_TOKEN}"})
+    assert response.status_code == 200
+    assert response.json == {"reports": 1, "recorded": [], "unmatched": 1}
+    assert not is_suppressed(bounce_session, EMAIL)
+
+
+def test_an_esp_bounce_naming_only_an_address_is_tied_to_the_subscriber(webhook, bounce_session):
+    delivery = _sent_confirmation(bounce_session)
+    response = webhook.post("/api/v1/bounces", json={"email": EMAIL, "type": "hard", "status": "5.1.1"},
+                            headers={"Authorization": f"Bearer {WEBHOOK_TOKEN}"})
+    assert response.status_code == 200
+    [recorded] = response.json["recorded"]
+    assert recorded["delivery_id"] is None
+    assert bounce_session.get(Bounce, recorded["bounce_id"]).subscriber_id == delivery.subscriber_id
+    assert find_suppression(bounce_session, EMAIL).reason == SuppressionReason.HARD_BOUNCE
+
+
 def test_the_same_raw_report_twice_counts_once(webhook, bounce_session):
     delivery = _sent_confirmation(bounce_session)
     raw = _bounce_of(bounce_session, delivery, "4.2.2")
@@ -427,6 +504,22 @@ def test_bounces_ingest_ignores_mail_that_is_no_bounce_without_failing(bounce_ap
     assert result.exit_code == 0  # an MTA pipe must not send junk back to its (forged) sender
     assert "not a bounce" in result.stderr
     assert _count(bounce_session, Bounce) == 0
+
+
+def test_bounces_ingest_ignores_a_complaint_naming_only_an_address(bounce_app, bounce_session):
+    delivery = _sent_confirmation(bounce_session)
+    confirm_subscription(bounce_session, delivery.subscriber_id, delivery.subscriber.token_epoch)
+    bounce_session.commit()
+    # Mailed to the bare bounce address, about a message that is not ours.
+    raw = arf("abuse", mail_from=BOUNCE_ADDRESS, rcpt_to=EMAIL)
+    result = bounce_app.test_cli_runner().invoke(args=["bounces", "ingest"], input=raw)
+    assert result.exit_code == 0, result.output
+    assert "1 report(s) about none of our deliveries" in result.output
+    assert _count(bounce_session, Bounce) == 0
+    subscriber = bounce_session.get(Subscriber, delivery.subscriber_id)
+    bounce_session.refresh(subscriber)
+    assert subscriber.status == SubscriberStatus.CONFIRMED
+    assert not is_suppressed(bounce_session, EMAIL)
 
 
 def test_sending_can_be_paused_and_resumed_from_the_cli(bounce_app, bounce_session):

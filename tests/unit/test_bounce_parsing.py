@@ -1,19 +1,11 @@
-"""Reading DSNs (RFC 3464) and ARF complaints (RFC 5965), and classifying them.
+"""Reading DSNs (RFC 3464) and ARF complaints (RFC 5965), and classifying them."""
 
-The builders below make realistic reports with the email package; the
-integration tests use them too.
-"""
-
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
-from email import message_from_bytes, policy
-from email.message import Message
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 
 import pytest
 
-from service.bounces import (
+from service.bounce_reports import (
     InvalidBounce,
     MalformedReport,
     NotABounce,
@@ -22,98 +14,18 @@ from service.bounces import (
     parse_report,
     reports_from_json,
 )
-from service.mail.message import OutgoingMessage, build_mime
 from service.models import BounceKind
-
-VERP = "bounces+d12-0123456789@example.com"
-READER = "peggy@example.org"
-MESSAGE_ID = "<confirmation.12.20261124100000@example.com>"
-
-
-def original_message(to: str = READER, message_id: str = MESSAGE_ID) -> bytes:
-    """One of our messages, as service.mail builds it."""
-    return build_mime(OutgoingMessage(
-        mail_from="Marvel News <news@example.com>", to=to, subject="Please confirm your subscription",
-        text="Confirm: https://newsletter.example.com/confirm/abc", html="<p>Confirm</p>",
-        message_id=message_id, date=datetime(2026, 11, 24, 10, 0, tzinfo=UTC),
-    ))
-
-
-def recipient(address: str, status: str, action: str = "failed", diagnostic: str | None = None
-              ) -> dict[str, str]:
-    """The per-recipient fields of a DSN, as Postfix writes them."""
-    fields = {"Final-Recipient": f"rfc822; {address}", "Original-Recipient": f"rfc822;{address}",
-              "Action": action, "Status": status, "Remote-MTA": "dns; mx.example.org"}
-    if diagnostic is not None:
-        fields["Diagnostic-Code"] = diagnostic
-    return fields
-
-
-def dsn(*recipients: Mapping[str, str], to: str = VERP, original: bytes | None = None,
-        returned: str = "headers", per_message: Mapping[str, str] | None = None) -> bytes:
-    """A Postfix-style bounce: notification text, delivery-status, the returned original."""
-    report = _report("delivery-status", to, "Undelivered Mail Returned to Sender")
-    report.attach(MIMEText("This is the mail system at host mx.example.com.\n\n"
-                           "I'm sorry to have to inform you that your message could not\n"
-                           "be delivered to one or more recipients.\n"))
-    blocks = [_block({"Reporting-MTA": "dns; mx.example.com", "X-Postfix-Queue-ID": "4Q1x2y3z",
-                      "X-Postfix-Sender": f"rfc822; {to}",
-                      "Arrival-Date": "Tue, 24 Nov 2026 10:00:01 +0000 (UTC)", **(per_message or {})})]
-    blocks += [_block(fields) for fields in recipients]
-    report.attach(_part("message/delivery-status", blocks))
-    _attach_original(report, original if original is not None else original_message(), returned)
-    return report.as_bytes()
-
-
-def arf(feedback_type: str = "abuse", *, mail_from: str | None = VERP, rcpt_to: str | None = READER,
-        original: bytes | None = None, to: str = "fbl@example.com") -> bytes:
-    """A feedback loop report as mailbox providers send them."""
-    report = _report("feedback-report", to, "Abuse report")
-    report.attach(MIMEText("This is an email abuse report for an email message received from IP\n"
-                           "192.0.2.25 on Tue, 24 Nov 2026 10:00:01 +0000.\n"))
-    fields = {"Feedback-Type": feedback_type, "User-Agent": "ExampleFBL/1.0", "Version": "1"}
-    if mail_from is not None:
-        fields["Original-Mail-From"] = f"<{mail_from}>"
-    if rcpt_to is not None:
-        fields["Original-Rcpt-To"] = f"<{rcpt_to}>"
-    fields["Arrival-Date"] = "Tue, 24 Nov 2026 10:00:01 +0000"
-    fields["Reported-Domain"] = "example.com"
-    report.attach(_part("message/feedback-report", [_block(fields)]))
-    _attach_original(report, original if original is not None else original_message(), "message")
-    return report.as_bytes()
-
-
-def _report(report_type: str, to: str, subject: str) -> MIMEMultipart:
-    report = MIMEMultipart("report", report_type=report_type, policy=policy.compat32)
-    for name, value in (("Return-Path", "<>"), ("Delivered-To", to),
-                        ("From", "MAILER-DAEMON@mx.example.com (Mail Delivery System)"),
-                        ("To", to), ("Subject", subject), ("Auto-Submitted", "auto-replied"),
-                        ("Message-Id", "<20261124100002.ABC@mx.example.com>")):
-        report[name] = value
-    return report
-
-
-def _block(fields: Mapping[str, str]) -> Message:
-    block = Message()
-    for name, value in fields.items():
-        block[name] = value
-    return block
-
-
-def _part(content_type: str, payload: Sequence[Message] | str) -> Message:
-    part = Message()
-    part["Content-Type"] = content_type
-    part.set_payload(list(payload) if not isinstance(payload, str) else payload)
-    return part
-
-
-def _attach_original(report: MIMEMultipart, original: bytes, returned: str) -> None:
-    if returned == "headers":
-        headers = original.split(b"\r\n\r\n", 1)[0].decode().replace("\r\n", "\n")
-        report.attach(MIMEText(headers + "\n", "rfc822-headers"))
-    elif returned == "message":
-        report.attach(_part("message/rfc822", [message_from_bytes(original, policy=policy.compat32)]))
-
+from tests.bounce_messages import (
+    MESSAGE_ID,
+    READER,
+    VERP,
+    arf,
+    dsn,
+    field_block,
+    mime_part,
+    multipart_report,
+    recipient,
+)
 
 # ------------------------------------------------------------------ DSNs
 
@@ -192,9 +104,9 @@ def test_a_truncated_dsn_with_crlf_line_endings_is_read():
 
 
 def test_a_utf8_global_delivery_status_is_read():
-    report = _report("global-delivery-status", VERP, "Undelivered Mail Returned to Sender")
+    report = multipart_report("global-delivery-status", VERP, "Undelivered Mail Returned to Sender")
     report.attach(MIMEText("This is the mail system.\n"))
-    report.attach(_part("message/global-delivery-status",
+    report.attach(mime_part("message/global-delivery-status",
                         "Reporting-MTA: dns; mx.example.com\n\n"
                         "Final-Recipient: utf-8; jürgen@例え.jp\nAction: failed\nStatus: 5.1.1\n"))
     [parsed] = parse_report(report.as_string().encode("utf-8"))
@@ -262,15 +174,16 @@ def test_a_multipart_report_whose_parts_are_not_where_the_boundary_says_is_malfo
 
 
 def test_a_read_receipt_is_not_a_bounce():
-    report = _report("disposition-notification", VERP, "Read: Please confirm")
+    report = multipart_report("disposition-notification", VERP, "Read: Please confirm")
     report.attach(MIMEText("Your message was read."))
     with pytest.raises(NotABounce, match="disposition-notification"):
         parse_report(report.as_bytes())
 
 
 def test_a_delivery_status_without_recipients_is_malformed():
-    report = _report("delivery-status", VERP, "Undelivered Mail")
-    report.attach(_part("message/delivery-status", [_block({"Reporting-MTA": "dns; mx.example.com"})]))
+    report = multipart_report("delivery-status", VERP, "Undelivered Mail")
+    report.attach(mime_part("message/delivery-status",
+                            [field_block({"Reporting-MTA": "dns; mx.example.com"})]))
     with pytest.raises(MalformedReport, match="Final-Recipient"):
         parse_report(report.as_bytes())
 

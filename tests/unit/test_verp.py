@@ -1,4 +1,4 @@
-from service.verp import delivery_id_from_verp, verp_address
+from service.verp import delivery_id_from_verp, looks_like_verp, verp_address
 
 KEY, OLD_KEY = "current-key-0123456789", "older-key-0123456789"
 
@@ -23,3 +23,17 @@ def test_a_forged_or_foreign_verp_address_names_nothing():
 def test_bounces_of_mail_signed_with_a_rotated_key_still_map():
     address = verp_address("bounces@news.example.com", 9, OLD_KEY)
     assert delivery_id_from_verp(address, "bounces@news.example.com", [KEY, OLD_KEY]) == 9
+
+
+def test_an_address_looks_like_verp_by_its_shape_whatever_its_signature():
+    address = verp_address("bounces@news.example.com", 123, KEY)
+    assert looks_like_verp(address, "bounces@news.example.com")
+    assert looks_like_verp(f" <{address.upper()}> ", "bounces@news.example.com")
+    forged = "bounces+d124-0000000000@news.example.com"
+    assert looks_like_verp(forged, "bounces@news.example.com")
+    assert delivery_id_from_verp(forged, "bounces@news.example.com", [KEY]) is None
+    assert not looks_like_verp(address, "other@news.example.com")
+    assert not looks_like_verp(address, "bounces@elsewhere.example.com")
+    assert not looks_like_verp("bounces@news.example.com", "bounces@news.example.com")
+    assert not looks_like_verp("bounces+list@news.example.com", "bounces@news.example.com")
+    assert not looks_like_verp("reader@example.org", "bounces@news.example.com")
