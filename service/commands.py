@@ -12,6 +12,7 @@ from flask import Flask, current_app
 from flask.cli import with_appcontext
 from werkzeug.serving import run_simple
 
+from service.admin_commands import api_keys
 from service.bounce_commands import register_bounce_commands
 from service.config import get_settings
 from service.content_commands import digests, topics
@@ -31,6 +32,7 @@ def register_commands(app: Flask) -> None:
     register_feed_commands(app)
     register_bounce_commands(app)
     app.cli.add_command(deliveries)
+    app.cli.add_command(api_keys)
 
 
 @click.command("seed-demo")

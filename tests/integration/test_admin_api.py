@@ -4,7 +4,7 @@ import pytest
 from sqlalchemy import func, select
 
 from service.extensions import db
-from service.models import Article, Subscriber, Topic, utcnow
+from service.models import ApiKey, Article, Subscriber, Topic, utcnow
 from service.subscriptions import SubscriptionRequest, confirm_subscription, subscribe
 
 TOKEN = "admin-token-for-tests-0123456789"
@@ -282,3 +282,37 @@ def test_an_article_cannot_move_onto_another_articles_url(api):
     assert "url" in response.json["errors"]
     urls = sorted(a["url"] for a in api.get("/api/v1/articles", headers=AUTH).json["articles"])
     assert urls == ["https://www.example.com/a", "https://www.example.com/b"]
+
+
+def test_named_api_keys_open_the_api_until_revoked(stack, app):
+    plain = stack.make_app()  # no ADMIN_API_TOKEN at all
+    runner = plain.test_cli_runner()
+    key = runner.invoke(args=["api-keys", "create", "cms"]).output.strip()
+    assert key.startswith("nlk_")
+    client = plain.test_client()
+    with plain.app_context():
+        assert client.get("/api/v1/topics", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        assert client.get("/api/v1/topics", headers={"Authorization": f"Bearer {key}x"}).status_code == 401
+        stored = db.session.execute(select(ApiKey)).scalar_one()
+        assert stored.key_hash != key and key not in stored.key_hash
+        assert stored.last_used_at is not None
+    assert "cms\tactive" in runner.invoke(args=["api-keys", "list"]).output
+    assert runner.invoke(args=["api-keys", "revoke", "cms"]).exit_code == 0
+    with plain.app_context():
+        assert client.get("/api/v1/topics", headers={"Authorization": f"Bearer {key}"}).status_code == 401
+    assert "exists" in runner.invoke(args=["api-keys", "create", "cms"]).output
+
+
+def test_every_admin_route_refuses_requests_without_a_token(api):
+    """Walks the app's URL map, so a new admin endpoint cannot forget its check."""
+    app = api.application
+    admin_rules = [rule for rule in app.url_map.iter_rules() if rule.rule.startswith("/api/v1")]
+    assert len(admin_rules) >= 10
+    for rule in admin_rules:
+        path = rule.rule.replace("<slug>", "marvel-news").replace("<int:subscriber_id>", "1")
+        path = path.replace("<subscriber_id>", "1").replace("<path:", "<").replace("<", "").replace(">", "")
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            for headers in ({}, {"Authorization": "Bearer wrong"}):
+                response = api.open(path, method=method, headers=headers, json={})
+                assert response.status_code == 401, f"{method} {rule.rule} answered {response.status_code}"
+                assert set(response.json) == {"error"}
