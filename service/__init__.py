@@ -6,12 +6,16 @@ import logging
 from collections.abc import Mapping
 
 from flask import Flask
+from flask_cors import CORS
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from service.config import PROJECT_ROOT, Settings, settings_from_environment
 from service.extensions import db, discard_session, migrate
 from service.tokens import TokenSigner
+from service.web.abuse import init_abuse_protection
+from service.web.security import add_security_headers
 from tasks import celery_init_app
 
 
@@ -31,6 +35,17 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     app.teardown_appcontext(lambda exc: discard_session())
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
     celery_init_app(app, settings)
+
+    init_abuse_protection(app, settings)
+    if settings.TRUSTED_PROXY_HOPS:
+        # Client IPs (for rate limits and consent records) from exactly this many proxies.
+        hops = settings.TRUSTED_PROXY_HOPS
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
+    if settings.PUBLISHER_ORIGINS:
+        # The JSON variant of the form, and the proof-of-work challenge, from publishers' pages only.
+        CORS(app, resources={r"/subscribe(/challenge)?$": {"origins": list(settings.PUBLISHER_ORIGINS)}},
+             methods=["GET", "POST"], allow_headers=["Content-Type"], max_age=3600)
+    add_security_headers(app, settings.PUBLISHER_ORIGINS)
 
     from service.web import register_web
 

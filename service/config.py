@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from flask import current_app
+from limits import parse_many
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SMTP_SECURITY_MODES = ("none", "starttls", "tls")
@@ -54,6 +55,12 @@ class Settings:
     CONFIRMATION_RESEND_SECONDS: int
     CONFIRMATION_MAX_PENDING: int
     CONSENT_TEXT_VERSION: str
+    SUBSCRIBE_LIMIT_PER_IP: str
+    SUBSCRIBE_LIMIT_PER_ADDRESS: str
+    SUBSCRIBE_LIMIT_PER_DOMAIN: str
+    TRUSTED_PROXY_HOPS: int
+    LIMITER_STORAGE_URL: str
+    FORM_MIN_FILL_SECONDS: float
     DEFAULT_FREQUENCY: str
     MAX_FORM_BYTES: int
     DELIVERY_MAX_ATTEMPTS: int
@@ -160,6 +167,13 @@ def load_settings(environ: Mapping[str, str], instance_path: Path) -> Settings:
         CONFIRMATION_RESEND_SECONDS=env.int("CONFIRMATION_RESEND_SECONDS", 3600),
         CONFIRMATION_MAX_PENDING=env.int("CONFIRMATION_MAX_PENDING", 3),
         CONSENT_TEXT_VERSION=env.str("CONSENT_TEXT_VERSION") or "1",
+        SUBSCRIBE_LIMIT_PER_IP=env.rate("SUBSCRIBE_LIMIT_PER_IP", "20/minute;200/hour"),
+        SUBSCRIBE_LIMIT_PER_ADDRESS=env.rate("SUBSCRIBE_LIMIT_PER_ADDRESS", "5/hour;20/day"),
+        SUBSCRIBE_LIMIT_PER_DOMAIN=env.rate("SUBSCRIBE_LIMIT_PER_DOMAIN", "2000/hour"),
+        TRUSTED_PROXY_HOPS=env.int_range("TRUSTED_PROXY_HOPS", 0, 0, 10),
+        LIMITER_STORAGE_URL=env.str("LIMITER_STORAGE_URL") or (
+            broker_url if broker_url.startswith(("redis://", "rediss://")) else "memory://"),
+        FORM_MIN_FILL_SECONDS=env.non_negative_float("FORM_MIN_FILL_SECONDS", 2.0),
         DEFAULT_FREQUENCY=env.choice("DEFAULT_FREQUENCY", FREQUENCIES, "weekly"),
         MAX_FORM_BYTES=env.int("MAX_FORM_BYTES", 16 * 1024),
         DELIVERY_MAX_ATTEMPTS=env.int("DELIVERY_MAX_ATTEMPTS", 8),
@@ -242,6 +256,15 @@ class _Env:
         if not low <= value <= high:
             raise ConfigError(f"{name} must be between {low} and {high}, got {raw!r}")
         return value
+
+    def rate(self, name: str, default: str) -> str:
+        """A Flask-Limiter rate string such as '10/minute;100/hour'."""
+        raw = self.str(name) or default
+        try:
+            parse_many(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must look like '10/minute;100/hour', got {raw!r}") from None
+        return raw
 
     def non_negative_float(self, name: str, default: float) -> float:
         raw = self.str(name)

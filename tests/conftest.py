@@ -28,6 +28,7 @@ from sqlalchemy.exc import OperationalError
 from service import create_app
 from service.extensions import db
 from service.topics import seed_demo_topics
+from service.web.abuse import limiter
 from tests.smtp import SMTPServer
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -86,6 +87,12 @@ def _common_env(smtp_server: SMTPServer, instance: Path) -> dict[str, str]:
         "DELIVERY_STALE_SECONDS": "1",
         "SEED_DEMO_TOPICS": "false",
         "LOG_LEVEL": "INFO",
+        # Tests post the form far more often than a person would; the limits
+        # themselves are tested with apps that set them low.
+        "SUBSCRIBE_LIMIT_PER_IP": "100000/minute",
+        "SUBSCRIBE_LIMIT_PER_ADDRESS": "100000/minute",
+        "SUBSCRIBE_LIMIT_PER_DOMAIN": "100000/minute",
+        "LIMITER_STORAGE_URL": "memory://",
     }
 
 
@@ -107,6 +114,8 @@ def _postgres_env() -> dict[str, str]:
     return {
         "DATABASE_URL": database_url,
         "CELERY_BROKER_URL": TEST_REDIS_URL,
+        # Named, so apps a test points at a dead broker keep a working limiter store.
+        "LIMITER_STORAGE_URL": TEST_REDIS_URL,
         "SECRET_KEY": "test-secret-key-that-is-long-enough",
     }
 
@@ -132,6 +141,7 @@ def reset_state(app: Flask) -> None:
     """Empty every table and the task queue."""
     with app.app_context():
         app.extensions["celery"].control.purge()
+        limiter.reset()
         tables = [table.name for table in reversed(db.metadata.sorted_tables)]
         for attempt in range(5):
             try:

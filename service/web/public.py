@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 from urllib.parse import urlsplit
 
-from flask import Blueprint, jsonify, redirect, render_template, request
+from flask import Blueprint, current_app, jsonify, redirect, render_template, request
 from werkzeug.wrappers import Response
 
 from service import links
@@ -38,6 +38,19 @@ from service.tokens import (
     read_confirm_token,
     read_subscriber_token,
     signer,
+)
+from service.web.abuse import (
+    FORM_TIME_FIELD,
+    HONEYPOT_FIELD,
+    foreign_origin,
+    form_time_token,
+    limit_per_address,
+    limit_per_domain,
+    limit_per_ip,
+    limiter,
+    looks_like_a_bot,
+    target_address_key,
+    target_domain_key,
 )
 from service.web.errors import error_response
 from service.web.forms import MalformedForm, SubmittedForm, read_form
@@ -89,11 +102,20 @@ def subscribe_form() -> str:
 
 
 @bp.post("/subscribe")
+@limiter.limit(limit_per_ip)
+@limiter.limit(limit_per_address, key_func=target_address_key)
+@limiter.limit(limit_per_domain, key_func=target_domain_key)
 def subscribe_post():  # type: ignore[no-untyped-def]
     settings = get_settings()
     request.max_content_length = settings.MAX_FORM_BYTES
-    form = read_form(scalar_fields=("email", "name", "frequency", "timezone", "next"),
-                     list_fields=("topics",))
+    if (origin := foreign_origin()) is not None:
+        current_app.logger.info("subscription post from a foreign origin refused")
+        return error_response(403, f"This form may only be posted from the publisher's own pages, "
+                                   f"not from {origin[:100]}.")
+    form = read_form(scalar_fields=("email", "name", "frequency", "timezone", "next",
+                                    HONEYPOT_FIELD, FORM_TIME_FIELD), list_fields=("topics",))
+    if looks_like_a_bot(form.get(HONEYPOT_FIELD), form.get(FORM_TIME_FIELD)):
+        return _accepted(form)  # the same answer, and nothing stored or sent
     try:
         outcome = subscribe(
             db.session,
@@ -116,8 +138,12 @@ def subscribe_post():  # type: ignore[no-untyped-def]
         return _render_subscribe(form, invalid.errors), 422
     db.session.commit()
     publish_deliveries(outcome.delivery_ids)
+    return _accepted(form)
 
-    # The answer never depends on whether the address was new, pending or confirmed.
+
+def _accepted(form: SubmittedForm):  # type: ignore[no-untyped-def]
+    """The one answer to every accepted post: it never tells whether the address was
+    new, pending, confirmed, unsubscribed or suppressed (nor whether we took it for a bot)."""
     if wants_json():
         return jsonify({"status": "accepted", "message": CHECK_INBOX}), 202
     next_url = _allowed_redirect(form.get("next"))
@@ -223,6 +249,7 @@ def _render_subscribe(form: SubmittedForm, errors: dict[str, str]) -> str:
     return render_template(
         "subscribe.html", topics=active_topics(db.session), form=form, errors=errors,
         frequencies=FREQUENCIES, default_frequency=get_settings().DEFAULT_FREQUENCY,
+        form_time=form_time_token(), honeypot_field=HONEYPOT_FIELD, form_time_field=FORM_TIME_FIELD,
     )
 
 

@@ -1,0 +1,122 @@
+"""Defences of the public subscription form against bots and subscription bombing.
+
+- Rate limits (Flask-Limiter, in Redis when there is one) per client IP, per
+  target address and per target domain.
+- A honeypot field and a minimum fill time on the hosted form: a bot's post
+  gets the normal answer and is quietly dropped.
+- Form posts from browsers must come from the publisher origins we know.
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import urlsplit
+
+from flask import Flask, jsonify, render_template, request
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from itsdangerous import BadSignature, TimestampSigner
+
+from service.config import Settings, get_settings
+
+HONEYPOT_FIELD = "website"
+FORM_TIME_FIELD = "form_ts"
+
+limiter = Limiter(key_func=get_remote_address)
+
+
+def init_abuse_protection(app: Flask, settings: Settings) -> None:
+    app.config.update(
+        RATELIMIT_STORAGE_URI=settings.LIMITER_STORAGE_URL,
+        # Identical answers for every address matter more than telling clients their budget.
+        RATELIMIT_HEADERS_ENABLED=False,
+        # If the limiter's store is down, serve rather than fail every subscription.
+        RATELIMIT_SWALLOW_ERRORS=True,
+        RATELIMIT_KEY_PREFIX="newsletter-limits",
+    )
+    limiter.init_app(app)
+
+
+def _form_email() -> str:
+    """The target address of a subscription post, as we would store it ('' if none)."""
+    if (request.content_length or 0) > get_settings().MAX_FORM_BYTES:
+        return ""  # the view answers 413; do not read the body here
+    if request.is_json:
+        body = request.get_json(silent=True)
+        raw = body.get("email") if isinstance(body, dict) else None
+    else:
+        raw = request.form.get("email")
+    return raw.strip().lower() if isinstance(raw, str) else ""
+
+
+def target_address_key() -> str:
+    return "address:" + (_form_email() or "-")
+
+
+def target_domain_key() -> str:
+    return "domain:" + (_form_email().rpartition("@")[2] or "-")
+
+
+def limit_per_ip() -> str:
+    return get_settings().SUBSCRIBE_LIMIT_PER_IP
+
+
+def limit_per_address() -> str:
+    return get_settings().SUBSCRIBE_LIMIT_PER_ADDRESS
+
+
+def limit_per_domain() -> str:
+    return get_settings().SUBSCRIBE_LIMIT_PER_DOMAIN
+
+
+def too_many_requests(error):  # type: ignore[no-untyped-def]
+    """429 with Retry-After, as a page or JSON."""
+    current = limiter.current_limit
+    retry_after = max(1, int(current.reset_at - time.time())) if current else 60
+    message = "Too many subscription attempts. Please wait a little and try again."
+    if request.is_json or request.accept_mimetypes.best == "application/json":
+        response = jsonify({"error": message, "retry_after": retry_after})
+    else:
+        response = render_template("error.html", status=429, message=message, errors={})
+    return response, 429, {"Retry-After": str(retry_after)}
+
+
+def form_time_token() -> str:
+    """A signed timestamp for the hosted form, to tell a human's pace from a bot's."""
+    return TimestampSigner(get_settings().SECRET_KEY, salt="newsletter.form-time").sign(b"form").decode()
+
+
+def looks_like_a_bot(honeypot: str, form_time: str) -> bool:
+    """The honeypot was filled in, or the hosted form came back faster than a person types."""
+    if honeypot.strip():
+        return True
+    if not form_time:
+        return False  # a publisher's own form may not carry one
+    signer = TimestampSigner(get_settings().SECRET_KEY, salt="newsletter.form-time")
+    try:
+        _, signed_at = signer.unsign(form_time, return_timestamp=True)
+    except BadSignature:
+        return True
+    return time.time() - signed_at.timestamp() < get_settings().FORM_MIN_FILL_SECONDS
+
+
+def allowed_origins() -> set[str]:
+    settings = get_settings()
+    own = urlsplit(settings.PUBLIC_BASE_URL)
+    return {*settings.PUBLISHER_ORIGINS, f"{own.scheme}://{own.netloc}".lower(),
+            request.host_url.rstrip("/").lower()}
+
+
+def foreign_origin() -> str | None:
+    """The origin a browser says this post came from, if it is not one we serve; else None.
+
+    Requests with neither Origin nor Referer (servers, curl) are not browser
+    form posts and are let through; the rate limits still apply to them.
+    """
+    origin = request.headers.get("Origin")
+    if origin is None and request.referrer:
+        parts = urlsplit(request.referrer)
+        origin = f"{parts.scheme}://{parts.netloc}" if parts.netloc else "null"
+    if origin is None:
+        return None
+    return None if origin.lower() in allowed_origins() else origin
