@@ -163,7 +163,9 @@ def record_bounce(session: Session, settings: Settings, report: BounceReport, *,
     bounce = Bounce(kind=report.kind, email_hash=digest, delivery_id=delivery.id if delivery else None,
                     subscriber_id=subscriber.id if subscriber else None,
                     status=report.status[:20] if report.status else None,
-                    diagnostic=report.diagnostic[:MAX_DIAGNOSTIC] if report.diagnostic else None)
+                    # Servers quote the address in their replies; we keep only its hash.
+                    diagnostic=_ADDRESS.sub("<address>", report.diagnostic)[:MAX_DIAGNOSTIC]
+                    if report.diagnostic else None)
     try:
         with session.begin_nested():
             session.add(bounce)
@@ -214,7 +216,7 @@ def _act(session: Session, settings: Settings, bounce: Bounce, email: str,
 
 
 def _alert_policy_bounce(session: Session, settings: Settings, bounce: Bounce) -> None:
-    said = _ADDRESS.sub("<address>", bounce.diagnostic or "nothing")
+    said = bounce.diagnostic or "nothing"
     log.error("policy bounce %s (status %s, delivery %s): a receiving server refused our mail for "
               "policy reasons, not because of the reader. Check the sending IP's reputation, "
               "SPF/DKIM/DMARC and the content. It said: %s", bounce.id, bounce.status,

@@ -19,6 +19,7 @@ from service.content_commands import digests, topics
 from service.delivery_commands import deliveries
 from service.extensions import db
 from service.feed_commands import register_feed_commands
+from service.privacy_commands import register_privacy_commands
 from service.topics import seed_demo_topics
 from tasks.delivery import sweep_stalled_deliveries
 
@@ -33,6 +34,7 @@ def register_commands(app: Flask) -> None:
     register_bounce_commands(app)
     app.cli.add_command(deliveries)
     app.cli.add_command(api_keys)
+    register_privacy_commands(app)
 
 
 @click.command("seed-demo")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from service.config import Settings
-from service.web import admin_api, bounce_webhook, errors, health, outbox, public
+from service.web import admin_api, bounce_webhook, errors, health, outbox, privacy, public
 
 
 def register_web(app: Flask, settings: Settings) -> None:
@@ -13,6 +13,8 @@ def register_web(app: Flask, settings: Settings) -> None:
     app.register_blueprint(health.bp)
     app.register_blueprint(admin_api.bp)
     app.register_blueprint(bounce_webhook.bp)
+    app.register_blueprint(privacy.bp)
+    app.register_blueprint(privacy.admin_bp)
     if settings.uses_outbox:
         app.register_blueprint(outbox.bp)
     errors.register_error_handlers(app)

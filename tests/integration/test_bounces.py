@@ -555,3 +555,10 @@ def test_lifting_a_suppression_forgets_the_soft_bounces(bounce_app, bounce_sessi
     subscriber = bounce_session.scalars(select(Subscriber)).one()
     bounce_session.refresh(subscriber)
     assert subscriber.soft_bounce_count == 0
+
+
+def test_a_stored_bounce_keeps_the_servers_words_but_not_the_address(bounce_session):
+    delivery = _sent_confirmation(bounce_session)
+    bounce = _record(bounce_session, _bounce_of(bounce_session, delivery, "5.1.1"))
+    assert "5.1.1" in bounce.diagnostic and "<address>" in bounce.diagnostic
+    assert EMAIL not in bounce.diagnostic
