@@ -39,7 +39,8 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def handle_http_error(error: HTTPException):  # type: ignore[no-untyped-def]
         status = error.code or 500
-        response = error_response(status)
+        # Our own HTTP errors carry a description meant for the reader; werkzeug's are generic.
+        response = error_response(status, error.description if getattr(error, "for_readers", False) else None)
         if isinstance(error, InternalServerError):
             log.error("unhandled error", exc_info=error.original_exception)
         return response

@@ -21,6 +21,7 @@ from service.privacy import erase_subscriber, export_subscriber
 from service.tokens import InvalidToken, TokenPurpose, read_subscriber_token
 from service.web import admin_api, public
 from service.web.admin_auth import require_admin
+from service.web.csrf import check_csrf
 from service.web.errors import error_response
 from service.web.negotiation import wants_json
 
@@ -65,6 +66,7 @@ def erase_post(token: str):  # type: ignore[no-untyped-def]
     """Erase the reader. Repeating it shows the same page: the data is gone either way."""
     request.max_content_length = get_settings().MAX_FORM_BYTES
     subscriber_id = read_subscriber_token(TokenPurpose.PREFERENCES, token)
+    check_csrf(token)
     erase_subscriber(db.session, subscriber_id, via="preferences")
     db.session.commit()
     if wants_json():

@@ -52,6 +52,8 @@ from service.web.abuse import (
     target_address_key,
     target_domain_key,
 )
+from service.web.csrf import FIELD as CSRF_FIELD
+from service.web.csrf import check_csrf
 from service.web.errors import error_response
 from service.web.forms import MalformedForm, SubmittedForm, read_form
 from service.web.negotiation import wants_json
@@ -163,6 +165,8 @@ def confirm_page(token: str):  # type: ignore[no-untyped-def]
 @bp.post("/confirm/<token>")
 def confirm_post(token: str):  # type: ignore[no-untyped-def]
     request.max_content_length = get_settings().MAX_FORM_BYTES
+    read_confirm_token(token)  # a bad link is a bad link, whatever the form says
+    check_csrf(token)
     return _confirm(token)
 
 
@@ -170,8 +174,9 @@ def confirm_post(token: str):  # type: ignore[no-untyped-def]
 def resend_confirmation():  # type: ignore[no-untyped-def]
     """Send a fresh confirmation to the reader behind an expired, but genuine, link."""
     request.max_content_length = get_settings().MAX_FORM_BYTES
-    form = read_form(scalar_fields=("token",), list_fields=())
+    form = read_form(scalar_fields=("token", CSRF_FIELD), list_fields=())
     claims = signer().read(TokenPurpose.CONFIRM, form.get("token"))  # any age: it was ours
+    check_csrf(form.get("token"))
     subscriber_id, epoch = claims.get("sid"), claims.get("e")
     if isinstance(subscriber_id, int) and isinstance(epoch, int):
         delivery = request_new_confirmation(db.session, subscriber_id, epoch, confirmation_policy())
@@ -211,7 +216,9 @@ def preferences(token: str):  # type: ignore[no-untyped-def]
         return _render_preferences(token, subscriber, None, {})
 
     request.max_content_length = get_settings().MAX_FORM_BYTES
-    form = read_form(scalar_fields=("frequency", "name", "timezone", "action"), list_fields=("topics",))
+    form = read_form(scalar_fields=("frequency", "name", "timezone", "action", CSRF_FIELD),
+                     list_fields=("topics",))
+    check_csrf(token)
     if form.get("action") == "unsubscribe":
         unsubscribe(db.session, subscriber_id, via="preferences")
         db.session.commit()

@@ -11,6 +11,7 @@ from service.extensions import db
 from service.models import Delivery, DeliveryKind, DeliveryState, utcnow
 from tasks.digests import plan_due_digests
 from tests.conftest import wait_until
+from tests.forms import submit
 
 pytestmark = pytest.mark.integration
 TOKEN = "admin-token-for-tests-0123456789"
@@ -31,7 +32,7 @@ def _path(url: str) -> str:
 def _confirmed(client, smtp, email, topics, frequency):
     client.post("/subscribe", data={"email": email, "topics": topics, "frequency": frequency})
     [confirmation] = smtp.wait_for(email)
-    assert client.post(_path(confirmation.link("confirm"))).status_code == 200
+    assert submit(client, _path(confirmation.link("confirm"))).status_code == 200
 
 
 def _ingest(api, *articles):

@@ -13,6 +13,7 @@ from service.extensions import db
 from service.models import Delivery, DeliveryState, Subscriber, SubscriberStatus, SubscriptionStatus
 from tasks.delivery import publish_deliveries
 from tests.conftest import PUBLIC_BASE_URL, wait_until
+from tests.forms import submit
 
 pytestmark = pytest.mark.integration
 EMAIL = "peggy@example.com"
@@ -60,7 +61,7 @@ def test_subscribe_confirm_and_unsubscribe_through_the_mail_that_arrived(client,
     assert confirm_path in mail.html
     assert client.get(confirm_path).status_code == 200
     assert _subscriber().status == SubscriberStatus.PENDING  # a GET changes nothing
-    assert client.post(confirm_path).status_code == 200
+    assert submit(client, confirm_path).status_code == 200
     subscriber = _subscriber()
     assert subscriber.status == SubscriberStatus.CONFIRMED
     assert [s.status for s in subscriber.subscriptions] == [SubscriptionStatus.CONFIRMED]
@@ -83,8 +84,8 @@ def test_coming_back_sends_a_new_link_and_the_old_one_stays_dead(client, smtp, w
     client.post(_path(first.link("unsubscribe")))
     client.post("/subscribe", data=FORM)
     second = smtp.wait_for(EMAIL, count=2)[1]
-    assert client.post(_path(first.link("confirm"))).status_code == 400
-    assert client.post(_path(second.link("confirm"))).status_code == 200
+    assert submit(client, _path(first.link("confirm"))).status_code == 400
+    assert submit(client, _path(second.link("confirm"))).status_code == 200
     assert _subscriber().status == SubscriberStatus.CONFIRMED
 
 

@@ -33,10 +33,10 @@ from service.models import (
     utcnow,
 )
 from service.privacy import erase_subscriber, export_subscriber
-from service.privacy_commands import register_privacy_commands
 from service.suppressions import address_hash
-from service.web import privacy as privacy_web
 from tests.bounce_messages import dsn, recipient
+from tests.conftest import stop_shared_worker
+from tests.forms import form_of, submit
 
 pytestmark = pytest.mark.integration
 
@@ -58,13 +58,13 @@ HOWARD_IP = "198.51.100.23"
 
 @pytest.fixture
 def privacy_app(stack, app):
-    """An app with the privacy pages, API and commands (registered here unless the factory does)."""
+    """An app with the privacy pages, API and commands.
+
+    These tests send mail themselves (to the outbox, via ``_send_queued``), so the
+    stack's shared worker, if an earlier test started it, must not take the tasks.
+    """
+    stop_shared_worker(stack)
     privacy_app = stack.make_app(ADMIN_API_TOKEN=TOKEN, PUBLISHER_ORIGINS=PUBLISHER)
-    if "privacy" not in privacy_app.blueprints:
-        privacy_app.register_blueprint(privacy_web.bp)
-        privacy_app.register_blueprint(privacy_web.admin_bp)
-    if "subscribers" not in privacy_app.cli.commands:
-        register_privacy_commands(privacy_app)
     with privacy_app.app_context():
         yield privacy_app
         db.session.rollback()
@@ -101,7 +101,7 @@ def _confirm_from_the_email(reader, subscriber_id) -> None:
     _send_queued()
     subscriber = db.session.get(Subscriber, subscriber_id)
     token = tokens.confirm_token(subscriber_id, subscriber.token_epoch)
-    assert reader.post(f"/confirm/{token}").status_code == 200
+    assert submit(reader, f"/confirm/{token}").status_code == 200
 
 
 def _peggy(reader) -> int:
@@ -288,7 +288,7 @@ def test_erasing_from_the_preferences_page_leaves_no_row_that_names_the_reader(r
     deliveries_before = _count(Delivery)
     assert _rows_naming(PEGGY) and _rows_linked_to(peggy)  # the check below can see them
 
-    response = reader.post(f"{_preferences_path(peggy)}/erase")
+    response = submit(reader, f"{_preferences_path(peggy)}/erase")
     assert response.status_code == 200
     assert "Your data is deleted" in response.get_data(as_text=True)
 
@@ -306,7 +306,7 @@ def test_erasing_from_the_preferences_page_leaves_no_row_that_names_the_reader(r
 
 def test_an_erased_address_stays_on_the_suppression_list(reader):
     peggy = _peggy(reader)
-    reader.post(f"{_preferences_path(peggy)}/erase")
+    submit(reader, f"{_preferences_path(peggy)}/erase")
     db.session.rollback()
     entry = db.session.scalars(select(Suppression).where(Suppression.email_hash == address_hash(PEGGY))).one()
     assert entry.reason == SuppressionReason.ERASED
@@ -315,7 +315,7 @@ def test_an_erased_address_stays_on_the_suppression_list(reader):
 
 def test_a_new_subscription_of_an_erased_address_is_stored_but_never_mailed(reader):
     peggy = _peggy(reader)
-    reader.post(f"{_preferences_path(peggy)}/erase")
+    submit(reader, f"{_preferences_path(peggy)}/erase")
     captured_before = _count(CapturedEmail)
 
     again = _subscribe_from_article(reader, PEGGY, PEGGY_NAME, PEGGY_PAGE, PEGGY_BROWSER, PEGGY_IP)
@@ -328,15 +328,16 @@ def test_a_new_subscription_of_an_erased_address_is_stored_but_never_mailed(read
 
 def test_erasing_twice_shows_the_same_page(reader):
     path = _preferences_path(_peggy(reader))
-    first = reader.post(f"{path}/erase")
-    second = reader.post(f"{path}/erase")
+    action, fields = form_of(reader.get(f"{path}/erase").get_data(as_text=True))
+    first = reader.post(action, data=fields)
+    second = reader.post(action, data=fields)  # e.g. a double click
     assert first.status_code == second.status_code == 200
     assert first.get_data() == second.get_data()
 
 
 def test_after_erasure_the_links_find_nothing(reader):
     path = _preferences_path(_peggy(reader))
-    reader.post(f"{path}/erase")
+    submit(reader, f"{path}/erase")
     assert reader.get(f"{path}/data").status_code == 404
     assert reader.get(f"{path}/erase").status_code == 404
     assert reader.get(path).status_code == 404

@@ -14,6 +14,7 @@ from service import tokens
 from service.extensions import db
 from service.models import Delivery, Subscriber, SubscriberStatus, SubscriptionStatus, utcnow
 from service.subscriptions import SubscriptionRequest, confirm_subscription, subscribe
+from tests.forms import form_of, submit
 
 FORM = {"email": "peggy@example.com", "topics": "marvel-news"}
 
@@ -210,7 +211,7 @@ def test_get_on_a_confirm_link_shows_a_button_and_changes_nothing(app, client):
 def test_posting_the_confirm_link_confirms_and_twice_is_harmless(app, client):
     subscriber_id = _pending_subscriber(app)
     url = f"/confirm/{_token(app, 'confirm', subscriber_id, 1)}"
-    first, second = client.post(url), client.post(url)
+    first, second = submit(client, url), submit(client, url)
     assert first.status_code == second.status_code == 200
     assert "subscribed" in second.get_data(as_text=True)
     with app.app_context():
@@ -272,7 +273,9 @@ def test_an_expired_link_offers_a_new_email_which_queues_one(app, client):
     html = response.get_data(as_text=True)
     assert "expired" in html
     assert 'action="/confirm/resend"' in html
-    resend = client.post("/confirm/resend", data={"token": token})
+    action, fields = form_of(html)
+    assert (action, fields["token"]) == ("/confirm/resend", token)
+    resend = client.post(action, data=fields)
     assert resend.status_code == 200
     with app.app_context():
         assert _count(Delivery) == 2
@@ -283,7 +286,7 @@ def test_a_stale_confirm_link_after_unsubscribing_gets_400(app, client):
     subscriber_id = _pending_subscriber(app)
     confirm_url = f"/confirm/{_token(app, 'confirm', subscriber_id, 1)}"
     client.post(f"/unsubscribe/{_token(app, 'unsubscribe', subscriber_id)}")
-    response = client.post(confirm_url)
+    response = submit(client, confirm_url)
     assert response.status_code == 400
     with app.app_context():
         assert _subscriber().status == SubscriberStatus.UNSUBSCRIBED
@@ -355,7 +358,7 @@ def test_the_preferences_page_shows_the_current_choices(app, client):
 def test_preferences_change_topics_frequency_and_name(app, client):
     subscriber_id = _confirmed_subscriber(app)
     url = f"/preferences/{_token(app, 'preferences', subscriber_id)}"
-    response = client.post(url, data={"topics": ["tv-news", "movie-news"], "frequency": "daily",
+    response = submit(client, url, data={"topics": ["tv-news", "movie-news"], "frequency": "daily",
                                       "name": "Agent Carter", "action": "save"})
     assert response.status_code == 200
     assert "saved" in response.get_data(as_text=True)
@@ -369,17 +372,17 @@ def test_preferences_change_topics_frequency_and_name(app, client):
 def test_leaving_everything_from_the_preferences_page(app, client):
     subscriber_id = _confirmed_subscriber(app)
     url = f"/preferences/{_token(app, 'preferences', subscriber_id)}"
-    assert client.post(url, data={"action": "unsubscribe"}).status_code == 200
+    assert submit(client, url, data={"action": "unsubscribe"}).status_code == 200
     with app.app_context():
         assert _subscriber().status == SubscriberStatus.UNSUBSCRIBED
 
 
 def test_bad_preferences_get_a_422_that_names_the_field(app, client):
     url = f"/preferences/{_token(app, 'preferences', _confirmed_subscriber(app))}"
-    response = client.post(url, data={"topics": "no-such-topic", "frequency": "weekly"})
+    response = submit(client, url, data={"topics": "no-such-topic", "frequency": "weekly"})
     assert response.status_code == 422
     assert "Unknown topic" in response.get_data(as_text=True)
-    response = client.post(url, data={"topics": "tv-news", "colour": "red"})
+    response = submit(client, url, data={"topics": "tv-news", "colour": "red"})
     assert response.status_code == 422
 
 
@@ -415,7 +418,7 @@ def test_a_reader_can_give_a_time_zone_and_change_it_in_preferences(app, client)
     client.post("/subscribe", data={**FORM, "timezone": "Pacific/Auckland"})
     assert _subscriber().timezone == "Pacific/Auckland"
     url = f"/preferences/{_token(app, 'preferences', _subscriber().id)}"
-    client.post(url, data={"topics": "marvel-news", "frequency": "weekly", "timezone": "Europe/Berlin"})
+    submit(client, url, data={"topics": "marvel-news", "frequency": "weekly", "timezone": "Europe/Berlin"})
     assert _subscriber().timezone == "Europe/Berlin"
 
 
@@ -431,3 +434,23 @@ def test_the_hosted_form_fills_the_time_zone_from_the_browser(client):
     assert 'name="timezone"' in html
     assert "timezone.js" in html
     assert "resolvedOptions().timeZone" in client.get("/static/timezone.js").get_data(as_text=True)
+
+
+def test_our_forms_need_their_csrf_token_but_one_click_unsubscribe_does_not(app, client):
+    subscriber_id = _confirmed_subscriber(app)
+    preferences = f"/preferences/{_token(app, 'preferences', subscriber_id)}"
+    missing = client.post(preferences, data={"topics": "tv-news", "frequency": "daily"})
+    wrong = client.post(preferences, data={"topics": "tv-news", "frequency": "daily", "csrf_token": "x" * 32})
+    assert missing.status_code == wrong.status_code == 400
+    assert "reload" in missing.get_data(as_text=True)
+    assert _subscriber().frequency.value == "weekly"
+    other_page = submit_form_of(client, f"/preferences/{_token(app, 'preferences', subscriber_id + 1)}")
+    assert other_page is None  # a token from another page cannot be had for this one
+    assert submit(client, preferences, data={"topics": "tv-news", "frequency": "daily"}).status_code == 200
+    unsubscribe_url = f"/unsubscribe/{_token(app, 'unsubscribe', subscriber_id)}"
+    assert client.post(unsubscribe_url, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+
+
+def submit_form_of(client, path):
+    page = client.get(path)
+    return form_of(page.get_data(as_text=True)) if page.status_code == 200 else None

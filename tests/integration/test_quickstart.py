@@ -19,6 +19,8 @@ import urllib.request
 
 import pytest
 
+from tests.forms import form_of
+
 pytestmark = pytest.mark.integration
 
 OUR_VARIABLES = ("DATABASE_URL", "CELERY_BROKER_URL", "SECRET_KEY", "SMTP_HOST", "PUBLIC_BASE_URL")
@@ -98,7 +100,10 @@ def test_a_newcomer_subscribes_confirms_and_leaves_with_no_configuration(dev_ser
     text_part = html.unescape(re.search(r'<pre class="text-part">(.*?)</pre>', mail_page, re.S).group(1))
     confirm_url = re.search(rf"{re.escape(base)}/confirm/\S+", text_part).group(0)
     unsubscribe_url = re.search(rf"{re.escape(base)}/unsubscribe/\S+", text_part).group(0)
-    status, confirmed = _request(confirm_url, {})
+    status, confirm_page = _request(confirm_url)
+    assert status == 200
+    action, fields = form_of(confirm_page)
+    status, confirmed = _request(base + action, fields)
     assert status == 200
     assert "subscribed" in confirmed
 
