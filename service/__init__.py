@@ -15,6 +15,7 @@ from service.config import PROJECT_ROOT, Settings, settings_from_environment
 from service.extensions import db, discard_session, migrate
 from service.tokens import TokenSigner
 from service.web.abuse import init_abuse_protection
+from service.web.challenge import init_proof_of_work
 from service.web.csrf import init_csrf
 from service.web.security import add_security_headers
 from tasks import celery_init_app
@@ -48,6 +49,7 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
              methods=["GET", "POST"], allow_headers=["Content-Type"], max_age=3600)
     add_security_headers(app, settings.PUBLISHER_ORIGINS)
     init_csrf(app)
+    init_proof_of_work(app, settings)
 
     from service.web import register_web
 

@@ -61,6 +61,9 @@ class Settings:
     TRUSTED_PROXY_HOPS: int
     LIMITER_STORAGE_URL: str
     FORM_MIN_FILL_SECONDS: float
+    POW_REQUIRED: bool
+    POW_MAX_NUMBER: int
+    POW_TTL_SECONDS: int
     DEFAULT_FREQUENCY: str
     MAX_FORM_BYTES: int
     DELIVERY_MAX_ATTEMPTS: int
@@ -174,6 +177,9 @@ def load_settings(environ: Mapping[str, str], instance_path: Path) -> Settings:
         LIMITER_STORAGE_URL=env.str("LIMITER_STORAGE_URL") or (
             broker_url if broker_url.startswith(("redis://", "rediss://")) else "memory://"),
         FORM_MIN_FILL_SECONDS=env.non_negative_float("FORM_MIN_FILL_SECONDS", 2.0),
+        POW_REQUIRED=env.bool("POW_REQUIRED", False),
+        POW_MAX_NUMBER=env.int("POW_MAX_NUMBER", 100_000),
+        POW_TTL_SECONDS=env.int("POW_TTL_SECONDS", 600),
         DEFAULT_FREQUENCY=env.choice("DEFAULT_FREQUENCY", FREQUENCIES, "weekly"),
         MAX_FORM_BYTES=env.int("MAX_FORM_BYTES", 16 * 1024),
         DELIVERY_MAX_ATTEMPTS=env.int("DELIVERY_MAX_ATTEMPTS", 8),

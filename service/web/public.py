@@ -17,6 +17,7 @@ from service.config import FREQUENCIES, get_settings
 from service.consent import ConsentContext
 from service.extensions import db
 from service.models import Subscriber, SubscriberStatus, SubscriptionStatus
+from service.proof_of_work import InvalidProofOfWork
 from service.subscriptions import (
     ConfirmationPolicy,
     InvalidLink,
@@ -52,6 +53,8 @@ from service.web.abuse import (
     target_address_key,
     target_domain_key,
 )
+from service.web.challenge import FIELD as POW_FIELD
+from service.web.challenge import check_proof_of_work
 from service.web.csrf import FIELD as CSRF_FIELD
 from service.web.csrf import check_csrf
 from service.web.errors import error_response
@@ -115,9 +118,20 @@ def subscribe_post():  # type: ignore[no-untyped-def]
         return error_response(403, f"This form may only be posted from the publisher's own pages, "
                                    f"not from {origin[:100]}.")
     form = read_form(scalar_fields=("email", "name", "frequency", "timezone", "next",
-                                    HONEYPOT_FIELD, FORM_TIME_FIELD), list_fields=("topics",))
+                                    HONEYPOT_FIELD, FORM_TIME_FIELD, POW_FIELD), list_fields=("topics",))
     if looks_like_a_bot(form.get(HONEYPOT_FIELD), form.get(FORM_TIME_FIELD)):
         return _accepted(form)  # the same answer, and nothing stored or sent
+    if settings.POW_REQUIRED:
+        try:
+            check_proof_of_work(form.get(POW_FIELD))
+        except InvalidProofOfWork as refused:
+            # Checked before anything else, so bots get no free validation of their fields.
+            current_app.logger.info("proof of work refused: %s", refused.reason)
+            form.values.pop(POW_FIELD, None)  # never hand a spent solution back
+            errors = {POW_FIELD: "We couldn't check that you're human. Please try again."}
+            if wants_json():
+                return jsonify({"error": errors[POW_FIELD], "errors": errors}), 422
+            return _render_subscribe(form, errors), 422
     try:
         outcome = subscribe(
             db.session,
@@ -257,6 +271,7 @@ def _render_subscribe(form: SubmittedForm, errors: dict[str, str]) -> str:
         "subscribe.html", topics=active_topics(db.session), form=form, errors=errors,
         frequencies=FREQUENCIES, default_frequency=get_settings().DEFAULT_FREQUENCY,
         form_time=form_time_token(), honeypot_field=HONEYPOT_FIELD, form_time_field=FORM_TIME_FIELD,
+        pow_required=get_settings().POW_REQUIRED,
     )
 
 

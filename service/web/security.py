@@ -5,11 +5,12 @@ from __future__ import annotations
 from flask import Flask, request
 from werkzeug.wrappers import Response
 
-# Our pages load only our own CSS and scripts. The outbox shows emails, whose
+# Our pages load only our own CSS and scripts (the proof-of-work solver runs in
+# a worker made from a Blob). The outbox shows emails, whose
 # inline styles need 'unsafe-inline' inside its sandboxed preview frames.
 PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-               "connect-src 'self'; frame-ancestors 'none'; form-action 'self' {form_action}; "
-               "base-uri 'none'; object-src 'none'")
+               "connect-src 'self'; worker-src blob:; frame-ancestors 'none'; "
+               "form-action 'self' {form_action}; base-uri 'none'; object-src 'none'")
 OUTBOX_POLICY = ("default-src 'self'; script-src 'none'; style-src 'self' 'unsafe-inline'; "
                  "img-src * data:; frame-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
                  "object-src 'none'")
