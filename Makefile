@@ -3,13 +3,16 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint install
+.PHONY: run test lint install bench
 
 run: $(VENV)/.installed
 	$(BIN)/newsletter dev
 
 test: $(VENV)/.installed
 	$(BIN)/pytest
+
+bench: $(VENV)/.installed
+	$(BIN)/python -m bench.fanout
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
@@ -19,5 +22,5 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $@
