@@ -240,28 +240,36 @@ class _Env:
         return tuple(item.strip() for item in raw.split(",") if item.strip())
 
     def int(self, name: str, default: int) -> int:
-        raw = self.str(name)
-        if raw is None:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-        if value <= 0:
-            raise ConfigError(f"{name} must be positive, got {raw!r}")
-        return value
+        """A positive whole number."""
+        return self.int_range(name, default, 1, 2**31 - 1)
 
     def int_range(self, name: str, default: int, low: int, high: int) -> int:
+        value = self._number(name, default, int, "a whole number")
+        if not low <= value <= high:
+            raise ConfigError(f"{name} must be between {low} and {high}, got {value!r}")
+        return int(value)
+
+    def float(self, name: str, default: float) -> float:
+        """A positive number."""
+        value = self._number(name, default, float, "a number")
+        if value <= 0:
+            raise ConfigError(f"{name} must be positive, got {value!r}")
+        return float(value)
+
+    def non_negative_float(self, name: str, default: float) -> float:
+        value = self._number(name, default, float, "a number")
+        if value < 0:
+            raise ConfigError(f"{name} must be zero or more, got {value!r}")
+        return float(value)
+
+    def _number(self, name: str, default: float, cast: type, kind: str) -> float:
         raw = self.str(name)
         if raw is None:
             return default
         try:
-            value = int(raw)
+            return cast(raw)
         except ValueError:
-            raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-        if not low <= value <= high:
-            raise ConfigError(f"{name} must be between {low} and {high}, got {raw!r}")
-        return value
+            raise ConfigError(f"{name} must be {kind}, got {raw!r}") from None
 
     def rate(self, name: str, default: str) -> str:
         """A Flask-Limiter rate string such as '10/minute;100/hour'."""
@@ -271,30 +279,6 @@ class _Env:
         except ValueError:
             raise ConfigError(f"{name} must look like '10/minute;100/hour', got {raw!r}") from None
         return raw
-
-    def non_negative_float(self, name: str, default: float) -> float:
-        raw = self.str(name)
-        if raw is None:
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-        if value < 0:
-            raise ConfigError(f"{name} must be zero or more, got {raw!r}")
-        return value
-
-    def float(self, name: str, default: float) -> float:
-        raw = self.str(name)
-        if raw is None:
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-        if value <= 0:
-            raise ConfigError(f"{name} must be positive, got {raw!r}")
-        return value
 
     def bool(self, name: str, default: bool) -> bool:
         raw = self.str(name)

@@ -46,20 +46,7 @@ def compose_confirmation(
         "sender_name": _display_name(settings.MAIL_FROM),
     }
     rendered = render_email("confirmation", context)
-    return OutgoingMessage(
-        mail_from=settings.MAIL_FROM,
-        to=subscriber.email,
-        subject=rendered.subject,
-        text=rendered.text,
-        html=rendered.html,
-        message_id=stable_message_id(delivery, settings),
-        date=now,
-        extra_headers=(
-            *list_unsubscribe_headers(subscriber.id),
-            ("Auto-Submitted", "auto-generated"),
-            *feedback_id_header(delivery, settings),
-        ),
-    )
+    return _outgoing(delivery, subscriber, settings, now, rendered, settings.MAIL_FROM, [])
 
 
 def feedback_id_header(delivery: Delivery, settings: Settings) -> list[tuple[str, str]]:
@@ -131,8 +118,16 @@ def compose_digest(delivery: Delivery, subscriber: Subscriber, settings: Setting
         .where(DigestItem.delivery_id == delivery.id)
     ).all()
     rendered = render_digest(subscriber, digest_sections((i.topic, i.article) for i in items), settings)
+    return _outgoing(delivery, subscriber, settings, now, rendered, settings.DIGEST_MAIL_FROM,
+                     [("List-Id", list_id(settings))])
+
+
+def _outgoing(delivery: Delivery, subscriber: Subscriber, settings: Settings, now: datetime,
+              rendered: RenderedEmail, mail_from: str, stream_headers: list[tuple[str, str]]
+              ) -> OutgoingMessage:
+    """The headers every message of ours carries, around a rendered email."""
     return OutgoingMessage(
-        mail_from=settings.DIGEST_MAIL_FROM,
+        mail_from=mail_from,
         to=subscriber.email,
         subject=rendered.subject,
         text=rendered.text,
@@ -141,7 +136,7 @@ def compose_digest(delivery: Delivery, subscriber: Subscriber, settings: Setting
         date=now,
         extra_headers=(
             *list_unsubscribe_headers(subscriber.id),
-            ("List-Id", list_id(settings)),
+            *stream_headers,
             ("Auto-Submitted", "auto-generated"),
             *feedback_id_header(delivery, settings),
         ),
