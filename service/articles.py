@@ -78,7 +78,9 @@ def canonical_url(raw: str) -> str:
         raise ValueError("must be an absolute http(s) URL")
     query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
                        if not _TRACKING_PARAMS.match(k)])
-    netloc = parts.hostname.lower() + (f":{parts.port}" if parts.port else "")
+    host = parts.hostname.lower()
+    host = f"[{host}]" if ":" in host else host  # IPv6 literals keep their brackets
+    netloc = host + (f":{parts.port}" if parts.port else "")
     # Percent-encode what may not stand in a URL (spaces, quotes, angle brackets),
     # keeping escapes that are already there.
     path = quote(parts.path or "/", safe="/%:@!$&'()*+,;=-._~")

@@ -11,11 +11,13 @@ Key rotation: the current SECRET_KEY signs; SECRET_KEY_FALLBACKS still verify.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from flask import current_app
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import BadData, BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous.encoding import base64_decode, base64_encode
 
 
 class TokenPurpose(enum.StrEnum):
@@ -54,6 +56,7 @@ class TokenSigner:
 
     def read(self, purpose: TokenPurpose, token: str, max_age: int | None = None) -> dict[str, Any]:
         """Return the claims, or raise InvalidToken / ExpiredToken."""
+        _require_canonical_spelling(token)
         serializer = self._serializer(purpose)
         try:
             claims = serializer.loads(token, max_age=max_age)
@@ -65,6 +68,27 @@ class TokenSigner:
         if not isinstance(claims, dict):
             raise InvalidToken("malformed claims")
         return claims
+
+
+_TOKEN_SHAPE = re.compile(r"\.?[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+
+
+def _require_canonical_spelling(token: str) -> None:
+    """One token, one spelling.
+
+    itsdangerous decodes the signature leniently (it drops characters outside
+    base64 and ignores the spare bits of the last one), so an altered token
+    could still verify. Claims cannot be forged that way, but a link that
+    works under many spellings is not what we promise.
+    """
+    if not _TOKEN_SHAPE.fullmatch(token):
+        raise InvalidToken("malformed token")
+    signature = token.rsplit(".", 1)[1]
+    try:
+        if base64_encode(base64_decode(signature)).decode() != signature:
+            raise InvalidToken("signature not in canonical form")
+    except (ValueError, BadData):
+        raise InvalidToken("malformed signature") from None
 
 
 def signer() -> TokenSigner:

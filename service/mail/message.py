@@ -18,6 +18,8 @@ from email.header import Header
 from email.utils import format_datetime, formataddr, parseaddr
 
 CRLF = b"\r\n"
+# A header line may not exceed 998 bytes (RFC 5322); longer subjects are folded.
+MAX_PLAIN_HEADER = 900
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,10 @@ def make_message_id(domain: str, key: str | None = None) -> str:
 def build_mime(message: OutgoingMessage) -> bytes:
     """Return the complete message as bytes with CRLF line endings."""
     boundary = "=_" + secrets.token_hex(12)
+    # The subject's whitespace, line breaks included, is folded to single spaces below.
+    for name, value in (("From", message.mail_from), ("To", message.to), *message.extra_headers):
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"header {name} contains a line break")
     headers: list[tuple[str, str]] = [
         ("From", _address_header(message.mail_from)),
         ("To", _address_header(message.to)),
@@ -57,9 +63,6 @@ def build_mime(message: OutgoingMessage) -> bytes:
         *message.extra_headers,
         ("Content-Type", f'multipart/alternative; boundary="{boundary}"'),
     ]
-    for name, value in headers:
-        if "\r" in value or "\n" in value:
-            raise ValueError(f"header {name} contains a line break")
     out = [f"{name}: {value}".encode("ascii") for name, value in headers]
     out.append(b"")
     for subtype, body in (("plain", message.text), ("html", message.html)):
@@ -81,10 +84,12 @@ def quoted_printable(text: str) -> bytes:
 
 
 def _text_header(value: str) -> str:
+    """Plain ASCII as it is; anything else, or anything too long for one line,
+    as RFC 2047 encoded words folded onto lines of at most 76 characters."""
     value = " ".join(value.split())
-    if value.isascii():
+    if value.isascii() and len(value) <= MAX_PLAIN_HEADER:
         return value
-    return Header(value, "utf-8").encode(linesep="\r\n ").replace("\r\n ", " ")
+    return Header(value, "utf-8").encode(linesep="\r\n")
 
 
 def _address_header(value: str) -> str:

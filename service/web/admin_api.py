@@ -60,7 +60,19 @@ def http_error(error: HTTPException):  # type: ignore[no-untyped-def]
 
 @bp.post("/articles")
 def post_articles():  # type: ignore[no-untyped-def]
-    """One article (an object), or many (a list, or {"articles": [...]})."""
+    """One article (an object), or many (a list, or {"articles": [...]}).
+    ---
+    post:
+      summary: Ingest one article or a batch (upsert)
+      requestBody:
+        required: true
+        content: {application/json: {schema: ArticleUpload}}
+      responses:
+        200: {description: "Stored, none of it new.", content: {application/json: {schema: Ingested}}}
+        201: {description: At least one article was new., content: {application/json: {schema: Ingested}}}
+        413: TooLarge
+        422: InvalidFields
+    """
     body = _json_body()
     single = isinstance(body, dict) and "articles" not in body
     raw_items = [body] if single else (body.get("articles") if isinstance(body, dict) else body)
@@ -87,6 +99,19 @@ def post_articles():  # type: ignore[no-untyped-def]
 
 @bp.get("/articles")
 def get_articles():  # type: ignore[no-untyped-def]
+    """Recent articles, newest first.
+    ---
+    get:
+      summary: List recent articles
+      parameters:
+        - name: limit
+          in: query
+          description: At most this many; capped at 500.
+          schema: {type: integer, minimum: 1, default: 50}
+        - {name: tag, in: query, schema: {type: string}, description: Only articles with this tag.}
+      responses:
+        200: {description: The articles., content: {application/json: {schema: ArticleList}}}
+    """
     limit = min(request.args.get("limit", 50, type=int) or 50, 500)
     query = select(Article).order_by(Article.published_at.desc(), Article.id.desc()).limit(limit)
     if tag := request.args.get("tag"):
@@ -99,6 +124,15 @@ def get_articles():  # type: ignore[no-untyped-def]
 
 @bp.get("/topics")
 def get_topics():  # type: ignore[no-untyped-def]
+    """The topics, by name.
+    ---
+    get:
+      summary: List topics
+      parameters:
+        - {name: include_retired, in: query, schema: {type: boolean}, description: 1 and yes work too.}
+      responses:
+        200: {description: The topics., content: {application/json: {schema: TopicList}}}
+    """
     include_retired = request.args.get("include_retired", "").lower() in ("1", "true", "yes")
     topics = list_topics(db.session, include_retired=include_retired)
     return jsonify({"topics": [_topic_json(t) for t in topics]})
@@ -106,6 +140,18 @@ def get_topics():  # type: ignore[no-untyped-def]
 
 @bp.post("/topics")
 def post_topic():  # type: ignore[no-untyped-def]
+    """Create a topic; creating a retired topic's slug again brings it back.
+    ---
+    post:
+      summary: Create a topic
+      requestBody:
+        required: true
+        content: {application/json: {schema: NewTopic}}
+      responses:
+        201: {description: Created., content: {application/json: {schema: Topic}}}
+        413: TooLarge
+        422: InvalidFields
+    """
     slug, changes = topic_changes_from_mapping(_json_body(), creating=True)
     assert slug is not None
     topic = create_topic(db.session, slug, changes)
@@ -115,11 +161,32 @@ def post_topic():  # type: ignore[no-untyped-def]
 
 @bp.get("/topics/<slug>")
 def get_one_topic(slug: str):  # type: ignore[no-untyped-def]
+    """One topic, retired or not.
+    ---
+    get:
+      summary: Read a topic
+      responses:
+        200: {description: The topic., content: {application/json: {schema: Topic}}}
+        404: NotFound
+    """
     return jsonify(_topic_json(get_topic(db.session, slug)))
 
 
 @bp.patch("/topics/<slug>")
 def patch_topic(slug: str):  # type: ignore[no-untyped-def]
+    """Change the fields given; the others stay.
+    ---
+    patch:
+      summary: Change a topic
+      requestBody:
+        required: true
+        content: {application/json: {schema: TopicChanges}}
+      responses:
+        200: {description: The changed topic., content: {application/json: {schema: Topic}}}
+        404: NotFound
+        413: TooLarge
+        422: InvalidFields
+    """
     topic = get_topic(db.session, slug)
     _, changes = topic_changes_from_mapping(_json_body(), creating=False)
     update_topic(db.session, topic, changes)
@@ -129,7 +196,14 @@ def patch_topic(slug: str):  # type: ignore[no-untyped-def]
 
 @bp.delete("/topics/<slug>")
 def delete_topic(slug: str):  # type: ignore[no-untyped-def]
-    """Retire the topic: hidden from forms and digests, its subscribers' history kept."""
+    """Retire the topic: hidden from forms and digests, its subscribers' history kept.
+    ---
+    delete:
+      summary: Retire a topic
+      responses:
+        200: {description: The retired topic., content: {application/json: {schema: Topic}}}
+        404: NotFound
+    """
     topic = retire_topic(db.session, slug)
     db.session.commit()
     return jsonify(_topic_json(topic))
@@ -140,7 +214,25 @@ def delete_topic(slug: str):  # type: ignore[no-untyped-def]
 
 @bp.get("/digests/preview")
 def digest_preview():  # type: ignore[no-untyped-def]
-    """What a subscriber would get now (?email= or ?subscriber_id=), sending nothing."""
+    """What a subscriber would get now (?email= or ?subscriber_id=), sending nothing.
+    ---
+    get:
+      summary: Preview a reader's digest
+      parameters:
+        - {name: email, in: query, schema: {type: string, format: email}}
+        - {name: subscriber_id, in: query, schema: {type: integer}}
+        - {name: format, in: query, schema: {type: string, enum: [html, text, json], default: html}}
+      responses:
+        200:
+          description: The digest as it would be sent now.
+          content:
+            text/html: {schema: {type: string}}
+            text/plain: {schema: {type: string}}
+            application/json: {schema: DigestPreview}
+        204: {description: Nothing new for this reader (html and text).}
+        404: NotFound
+        422: InvalidFields
+    """
     output = request.args.get("format", "html")
     if output not in ("html", "text", "json"):
         raise InvalidInput({"format": "one of html, text, json"})
@@ -167,6 +259,19 @@ def digest_send():  # type: ignore[no-untyped-def]
 
     Optional JSON: {"frequency": "daily"|"weekly", "topic": "<slug>"}. A second
     call in the same period sends nothing more.
+    ---
+    post:
+      summary: Send the current period's digests now
+      requestBody:
+        content: {application/json: {schema: DigestSendRequest}}
+      responses:
+        202: {description: Queued., content: {application/json: {schema: DigestSendAccepted}}}
+        404: NotFound
+        413: TooLarge
+        422: InvalidFields
+        503:
+          description: The task queue is down; nothing was sent.
+          content: {application/json: {schema: Error}}
     """
     body = _json_body(optional=True)
     body = {} if body is None else body
@@ -198,7 +303,18 @@ def digest_send():  # type: ignore[no-untyped-def]
 
 @bp.get("/deliveries/stats")
 def deliveries_stats():  # type: ignore[no-untyped-def]
-    """Counts by state per stream (?kind=), or per digest run (?by_period=true or ?period=)."""
+    """Counts by state per stream (?kind=), or per digest run (?by_period=true or ?period=).
+    ---
+    get:
+      summary: Delivery counts
+      parameters:
+        - {name: kind, in: query, schema: DeliveryKind}
+        - {name: by_period, in: query, schema: {type: boolean}, description: 1 and yes work too.}
+        - {name: period, in: query, schema: {type: string, example: 2026-W48}, description: One digest run.}
+      responses:
+        200: {description: The counts., content: {application/json: {schema: DeliveryStats}}}
+        422: InvalidFields
+    """
     kind = _delivery_kind(request.args.get("kind"))
     by_period = request.args.get("by_period", "").lower() in ("1", "true", "yes")
     streams = delivery_counts(db.session, kind, request.args.get("period"), by_period)
@@ -208,7 +324,17 @@ def deliveries_stats():  # type: ignore[no-untyped-def]
 
 @bp.post("/deliveries/retry")
 def deliveries_retry():  # type: ignore[no-untyped-def]
-    """Queue failed deliveries again (optional JSON {"kind", "period"})."""
+    """Queue failed deliveries again (optional JSON {"kind", "period"}).
+    ---
+    post:
+      summary: Retry failed deliveries
+      requestBody:
+        content: {application/json: {schema: RetryRequest}}
+      responses:
+        200: {description: How many were queued again., content: {application/json: {schema: RetryResult}}}
+        413: TooLarge
+        422: InvalidFields
+    """
     body = _json_body(optional=True)
     body = {} if body is None else body
     if not isinstance(body, dict) or set(body) - {"kind", "period"}:
@@ -242,7 +368,19 @@ def _json_body(optional: bool = False) -> Any:
     body = request.get_json(silent=True)
     if body is None:
         raise InvalidInput({"body": "is not valid JSON"})
+    if _holds_nul(body):
+        raise InvalidInput({"body": "contains NUL characters, which no field accepts"})
     return body
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 def _article_json(article: Article) -> dict[str, Any]:

@@ -51,6 +51,10 @@ def read_form(scalar_fields: Iterable[str], list_fields: Iterable[str]) -> Submi
         if any(len(v) > MAX_FIELD_LENGTH for v in values):
             errors[name] = "This value is too long."
             continue
+        if any("\x00" in v for v in values):
+            # PostgreSQL text cannot hold NUL, and no person types one.
+            errors[name] = "This value contains characters we cannot accept."
+            continue
         if name in lists:
             submitted.lists[name] = values
         elif len(values) > 1:

@@ -316,3 +316,9 @@ def test_every_admin_route_refuses_requests_without_a_token(api):
                 response = api.open(path, method=method, headers=headers, json={})
                 assert response.status_code == 401, f"{method} {rule.rule} answered {response.status_code}"
                 assert set(response.json) == {"error"}
+
+
+def test_nul_characters_in_json_are_refused_not_a_500(api):
+    response = api.post("/api/v1/articles", json={**ARTICLE, "title": "Atwell\x00"}, headers=AUTH)
+    assert response.status_code == 422
+    assert "body" in response.json["errors"]

@@ -92,3 +92,8 @@ def test_every_bad_field_is_reported_at_once():
     with pytest.raises(InvalidArticle) as caught:
         article_from_mapping({"url": "nope", "tags": "x"})
     assert set(caught.value.errors) == {"title", "url", "published_at", "tags"}
+
+
+def test_ipv6_hosts_keep_their_brackets():
+    assert canonical_url("http://[::1]:8080/a") == "http://[::1]:8080/a"
+    assert canonical_url(canonical_url("http://[2001:DB8::1]/x")) == "http://[2001:db8::1]/x"

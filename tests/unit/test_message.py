@@ -92,3 +92,10 @@ def test_a_generated_message_id_is_unique_and_on_our_domain():
     first, second = make_message_id("example.com"), make_message_id("example.com")
     assert first != second
     assert first.startswith("<") and first.endswith("@example.com>")
+
+
+def test_a_very_long_subject_is_folded_within_the_line_limit():
+    for subject in ("x" * 1000, "日本" * 150, "Confirm your subscription to " + ", ".join(["Topic"] * 300)):
+        raw = build_mime(_message(subject=subject))
+        assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+        assert _parse(raw)["Subject"] == " ".join(subject.split())

@@ -79,3 +79,11 @@ def test_claims_that_are_not_an_object_are_refused():
     token = URLSafeTimedSerializer(KEY, salt="newsletter.confirm").dumps([1, 2])
     with pytest.raises(InvalidToken):
         TokenSigner(KEY).read(TokenPurpose.CONFIRM, token)
+
+
+@pytest.mark.parametrize("suffix", ["=", "é", "!!!!", " "])
+def test_a_token_has_exactly_one_spelling(suffix):
+    signer = TokenSigner(KEY)
+    token = signer.sign(TokenPurpose.CONFIRM, {"sid": 1})
+    with pytest.raises(InvalidToken):
+        signer.read(TokenPurpose.CONFIRM, token + suffix)
