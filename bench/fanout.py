@@ -37,8 +37,10 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 TOPICS = ("marvel-news", "movie-news", "tv-news")
 ARTICLES_PER_TOPIC = 8
-SUMMARY = ("Hayley Atwell gave fans a brief look behind the scenes of Tom Cruise filming the new "
-           "Mission Impossible movie as they wait for the long-delayed production to finally wrap up. ") * 3
+SUMMARY = (
+    "Hayley Atwell gave fans a brief look behind the scenes of Tom Cruise filming the new "
+    "Mission Impossible movie as they wait for the long-delayed production to finally wrap up. "
+) * 3
 
 
 def free_port() -> int:
@@ -54,8 +56,13 @@ def progress(message: str) -> None:
 class Sink:
     def __init__(self) -> None:
         self.port = free_port()
-        self.process = subprocess.Popen([sys.executable, "-m", "bench.sink", str(self.port)], cwd=ROOT,
-                                        stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.sink", str(self.port)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
         assert self.process.stdout is not None
         assert self.process.stdout.readline().strip() == "ready"
         self.count = 0
@@ -82,11 +89,18 @@ class Sink:
 
 def environment(args: argparse.Namespace, smtp_port: int) -> dict[str, str]:
     return {
-        "DATABASE_URL": args.database_url, "CELERY_BROKER_URL": args.redis_url,
-        "LIMITER_STORAGE_URL": args.redis_url, "SECRET_KEY": "benchmark-secret-key-0123456789",
-        "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp_port), "MAIL_FROM": "Marvel News <news@example.com>",
-        "PUBLIC_BASE_URL": "https://newsletter.example.com", "DIGEST_BATCH_SIZE": str(args.batch),
-        "DIGEST_MAX_ARTICLES": "20", "SEED_DEMO_TOPICS": "false", "LOG_LEVEL": "WARNING",
+        "DATABASE_URL": args.database_url,
+        "CELERY_BROKER_URL": args.redis_url,
+        "LIMITER_STORAGE_URL": args.redis_url,
+        "SECRET_KEY": "benchmark-secret-key-0123456789",
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(smtp_port),
+        "MAIL_FROM": "Marvel News <news@example.com>",
+        "PUBLIC_BASE_URL": "https://newsletter.example.com",
+        "DIGEST_BATCH_SIZE": str(args.batch),
+        "DIGEST_MAX_ARTICLES": "20",
+        "SEED_DEMO_TOPICS": "false",
+        "LOG_LEVEL": "WARNING",
         "INSTANCE_PATH": str(ROOT / "bench" / ".instance"),
     }
 
@@ -115,30 +129,65 @@ def seed(app, subscribers: int) -> None:
         seed_demo_topics(db.session)
         now = datetime.now(UTC)
         tags = {"marvel-news": "marvel", "movie-news": "movies", "tv-news": "tv"}
-        ingest_articles(db.session, [
-            ArticleInput(title=f"{slug} story {n}: See Tom Cruise and Marvel Star On Set",
-                         url=f"https://www.example.com/{slug}/{n}", published_at=now - timedelta(minutes=n + 1),
-                         summary=SUMMARY, author="Tyler Pisapia", tags=[tags[slug]],
-                         image_url=f"https://cdn.example.com/{slug}/{n}.jpg")
-            for slug in TOPICS for n in range(ARTICLES_PER_TOPIC)])
+        ingest_articles(
+            db.session,
+            [
+                ArticleInput(
+                    title=f"{slug} story {n}: See Tom Cruise and Marvel Star On Set",
+                    url=f"https://www.example.com/{slug}/{n}",
+                    published_at=now - timedelta(minutes=n + 1),
+                    summary=SUMMARY,
+                    author="Tyler Pisapia",
+                    tags=[tags[slug]],
+                    image_url=f"https://cdn.example.com/{slug}/{n}.jpg",
+                )
+                for slug in TOPICS
+                for n in range(ARTICLES_PER_TOPIC)
+            ],
+        )
         db.session.commit()
-        topic_ids = [db.session.scalar(sa.select(sa.text("id")).select_from(sa.text("topics"))
-                                       .where(sa.text(f"slug = '{slug}'"))) for slug in TOPICS]
+        topic_ids = [
+            db.session.scalar(
+                sa.select(sa.text("id")).select_from(sa.text("topics")).where(sa.text(f"slug = '{slug}'"))
+            )
+            for slug in TOPICS
+        ]
         since = now - timedelta(days=1)
         chunk = 10_000
         for start in range(0, subscribers, chunk):
-            rows = [{"email": f"reader{n:07d}@example.com", "frequency": Frequency.DAILY,
-                     "status": SubscriberStatus.CONFIRMED, "token_epoch": 1, "timezone": "UTC",
-                     "confirmed_at": since, "digest_since": since, "created_at": since,
-                     "soft_bounce_count": 0, "pending_confirmations": 0}
-                    for n in range(start, min(subscribers, start + chunk))]
+            rows = [
+                {
+                    "email": f"reader{n:07d}@example.com",
+                    "frequency": Frequency.DAILY,
+                    "status": SubscriberStatus.CONFIRMED,
+                    "token_epoch": 1,
+                    "timezone": "UTC",
+                    "confirmed_at": since,
+                    "digest_since": since,
+                    "created_at": since,
+                    "soft_bounce_count": 0,
+                    "pending_confirmations": 0,
+                }
+                for n in range(start, min(subscribers, start + chunk))
+            ]
             db.session.execute(sa.insert(Subscriber), rows)
-            ids = db.session.scalars(sa.select(Subscriber.id).where(Subscriber.email.in_(
-                [r["email"] for r in rows]))).all()
-            db.session.execute(sa.insert(Subscription), [
-                {"subscriber_id": sid, "topic_id": topic_ids[(sid + k) % 3],
-                 "status": SubscriptionStatus.CONFIRMED, "created_at": since, "confirmed_at": since}
-                for sid in ids for k in range(1 + sid % 3)])
+            ids = db.session.scalars(
+                sa.select(Subscriber.id).where(Subscriber.email.in_([r["email"] for r in rows]))
+            ).all()
+            db.session.execute(
+                sa.insert(Subscription),
+                [
+                    {
+                        "subscriber_id": sid,
+                        "topic_id": topic_ids[(sid + k) % 3],
+                        "status": SubscriptionStatus.CONFIRMED,
+                        "created_at": since,
+                        "confirmed_at": since,
+                    }
+                    for sid in ids
+                    for k in range(1 + sid % 3)
+                ],
+            )
             db.session.commit()
             progress(f"  seeded {min(subscribers, start + chunk):,} readers")
 
@@ -167,12 +216,29 @@ def run_fanout(args: argparse.Namespace, sink: Sink) -> dict[str, float]:
     app = create_app(env)
     progress(f"seeding {args.subscribers:,} readers")
     seed(app, args.subscribers)
-    workers = [subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker", "--loglevel=WARNING",
-         f"--concurrency={args.concurrency}", f"--hostname=bench{n}@%h", "--without-gossip",
-         "--without-mingle", "--without-heartbeat"],
-        cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for n in range(args.workers)]
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tasks.worker",
+                "worker",
+                "--loglevel=WARNING",
+                f"--concurrency={args.concurrency}",
+                f"--hostname=bench{n}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for n in range(args.workers)
+    ]
     time.sleep(4)  # workers up
     handles = [psutil.Process(w.pid) for w in workers]
     sink.count = 0
@@ -189,8 +255,13 @@ def run_fanout(args: argparse.Namespace, sink: Sink) -> dict[str, float]:
         worker.terminate()
     for worker in workers:
         worker.wait()
-    return {"messages": planned, "seconds": total, "planning_seconds": planning,
-            "messages_per_second": planned / total, "peak_rss_mb_per_worker_process": rss}
+    return {
+        "messages": planned,
+        "seconds": total,
+        "planning_seconds": planning,
+        "messages_per_second": planned / total,
+        "peak_rss_mb_per_worker_process": rss,
+    }
 
 
 def run_naive(args: argparse.Namespace, sink: Sink, count: int) -> dict[str, float]:
@@ -205,16 +276,29 @@ def run_naive(args: argparse.Namespace, sink: Sink, count: int) -> dict[str, flo
 
         settings = get_settings()
         topic = Topic(id=1, slug="marvel-news", name="Marvel News", description="")
-        articles = [Article(id=n, title=f"Story {n}", url=f"https://www.example.com/{n}", summary=SUMMARY,
-                            author="Tyler Pisapia", image_url=f"https://cdn.example.com/{n}.jpg",
-                            published_at=datetime.now(UTC)) for n in range(20)]
+        articles = [
+            Article(
+                id=n,
+                title=f"Story {n}",
+                url=f"https://www.example.com/{n}",
+                summary=SUMMARY,
+                author="Tyler Pisapia",
+                image_url=f"https://cdn.example.com/{n}.jpg",
+                published_at=datetime.now(UTC),
+            )
+            for n in range(20)
+        ]
         before = sink.count
         started = time.perf_counter()
         for n in range(count):
             reader = Subscriber(id=n + 1, email=f"naive{n}@example.com", name=None, frequency=Frequency.DAILY)
             rendered = render_digest(reader, [DigestSection(topic, articles)], settings)
             message = EmailMessage()
-            message["From"], message["To"], message["Subject"] = settings.MAIL_FROM, reader.email, rendered.subject
+            message["From"], message["To"], message["Subject"] = (
+                settings.MAIL_FROM,
+                reader.email,
+                rendered.subject,
+            )
             message.set_content(rendered.text)
             message.add_alternative(rendered.html, subtype="html")
             with smtplib.SMTP("127.0.0.1", sink.port) as client:
@@ -226,14 +310,30 @@ def run_naive(args: argparse.Namespace, sink: Sink, count: int) -> dict[str, flo
 
 def run_smtp_source(sink: Sink, count: int) -> dict[str, float] | None:
     """Postfix's C client against the same sink: what the machine can do at all."""
-    binary = shutil.which("smtp-source") or ("/usr/sbin/smtp-source" if Path("/usr/sbin/smtp-source").exists()
-                                             else None)
+    binary = shutil.which("smtp-source") or (
+        "/usr/sbin/smtp-source" if Path("/usr/sbin/smtp-source").exists() else None
+    )
     if binary is None:
         return None
     before = sink.count
     started = time.perf_counter()
-    subprocess.run([binary, "-s", "8", "-l", "30000", "-m", str(count), "-f", "news@example.com",
-                    "-t", "reader@example.com", f"127.0.0.1:{sink.port}"], check=True)
+    subprocess.run(
+        [
+            binary,
+            "-s",
+            "8",
+            "-l",
+            "30000",
+            "-m",
+            str(count),
+            "-f",
+            "news@example.com",
+            "-t",
+            "reader@example.com",
+            f"127.0.0.1:{sink.port}",
+        ],
+        check=True,
+    )
     sink.wait_for(before + count, timeout=120)
     seconds = time.perf_counter() - started
     return {"messages": count, "seconds": seconds, "messages_per_second": count / seconds}
@@ -244,7 +344,9 @@ def summarise(values: list[float]) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--subscribers", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1, help="worker processes (Procfile: one)")
@@ -252,8 +354,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500, help="DIGEST_BATCH_SIZE")
     parser.add_argument("--baseline", type=int, default=1000, help="messages for the naive baseline")
     parser.add_argument("--timeout", type=float, default=3600)
-    parser.add_argument("--database-url", default=os.environ.get(
-        "BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/newsletter_bench"))
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get(
+            "BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/newsletter_bench"
+        ),
+    )
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/8"))
     args = parser.parse_args()
 
@@ -273,8 +379,11 @@ def main() -> None:
 
     result = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        },
         "sink": "aiosmtpd (bench/sink.py)",
         "settings": {k: getattr(args, k) for k in ("subscribers", "runs", "workers", "concurrency", "batch")},
         "fanout_messages_per_second": summarise([r["messages_per_second"] for r in runs]),
@@ -292,24 +401,30 @@ def write(result: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"fanout-{result['settings']['subscribers']}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    fan, seconds, plan = (result["fanout_messages_per_second"], result["fanout_seconds"],
-                          result["planning_seconds"])
+    fan, seconds, plan = (
+        result["fanout_messages_per_second"],
+        result["fanout_seconds"],
+        result["planning_seconds"],
+    )
     source = result["smtp_source_messages_per_second"]
-    table = "\n".join([
-        f"Fan-out of {result['settings']['subscribers']:,} digests, {result['settings']['runs']} run(s), "
-        f"{result['machine']['cpus']} CPUs, Python {result['machine']['python']}, sink: {result['sink']}",
-        "",
-        "| measure | median | min | max |",
-        "| --- | --- | --- | --- |",
-        f"| messages/s | {fan['median']:.0f} | {fan['min']:.0f} | {fan['max']:.0f} |",
-        f"| total seconds | {seconds['median']:.1f} | {seconds['min']:.1f} | {seconds['max']:.1f} |",
-        f"| planning seconds | {plan['median']:.2f} | {plan['min']:.2f} | {plan['max']:.2f} |",
-        f"| peak RSS per worker process (MB) | {result['peak_rss_mb_per_worker_process']:.0f} | | |",
-        f"| naive baseline (EmailMessage + smtplib), messages/s | "
-        f"{result['naive_baseline_messages_per_second']:.0f} | | |",
-        f"| C smtp-source to the same sink, messages/s | {f'{source:.0f}' if source else 'not installed'} | | |",
-        "",
-    ])
+    source_text = f"{source:.0f}" if source else "not installed"
+    table = "\n".join(
+        [
+            f"Fan-out of {result['settings']['subscribers']:,} digests, {result['settings']['runs']} run(s), "
+            f"{result['machine']['cpus']} CPUs, Python {result['machine']['python']}, sink: {result['sink']}",
+            "",
+            "| measure | median | min | max |",
+            "| --- | --- | --- | --- |",
+            f"| messages/s | {fan['median']:.0f} | {fan['min']:.0f} | {fan['max']:.0f} |",
+            f"| total seconds | {seconds['median']:.1f} | {seconds['min']:.1f} | {seconds['max']:.1f} |",
+            f"| planning seconds | {plan['median']:.2f} | {plan['min']:.2f} | {plan['max']:.2f} |",
+            f"| peak RSS per worker process (MB) | {result['peak_rss_mb_per_worker_process']:.0f} | | |",
+            f"| naive baseline (EmailMessage + smtplib), messages/s | "
+            f"{result['naive_baseline_messages_per_second']:.0f} | | |",
+            f"| C smtp-source to the same sink, messages/s | {source_text} | | |",
+            "",
+        ]
+    )
     stem.with_suffix(".md").write_text(table)
     print("\n" + table)
 

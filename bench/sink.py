@@ -19,7 +19,7 @@ class CountingHandler:
         self.count = 0
         self.lock = threading.Lock()
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+    async def handle_DATA(self, server, session, envelope):
         with self.lock:
             self.count += len(envelope.rcpt_tos)
         return "250 OK"
