@@ -62,6 +62,7 @@ class Settings:
     LIMITER_STORAGE_URL: str
     FORM_MIN_FILL_SECONDS: float
     POW_REQUIRED: bool
+    METRICS_TOKEN: str | None
     POW_MAX_NUMBER: int
     POW_TTL_SECONDS: int
     DEFAULT_FREQUENCY: str
@@ -178,6 +179,7 @@ def load_settings(environ: Mapping[str, str], instance_path: Path) -> Settings:
             broker_url if broker_url.startswith(("redis://", "rediss://")) else "memory://"),
         FORM_MIN_FILL_SECONDS=env.non_negative_float("FORM_MIN_FILL_SECONDS", 2.0),
         POW_REQUIRED=env.bool("POW_REQUIRED", False),
+        METRICS_TOKEN=env.str("METRICS_TOKEN"),
         POW_MAX_NUMBER=env.int("POW_MAX_NUMBER", 100_000),
         POW_TTL_SECONDS=env.int("POW_TTL_SECONDS", 600),
         DEFAULT_FREQUENCY=env.choice("DEFAULT_FREQUENCY", FREQUENCIES, "weekly"),

@@ -5,12 +5,13 @@ from __future__ import annotations
 from flask import Flask
 
 from service.config import Settings
-from service.web import admin_api, bounce_webhook, challenge, errors, health, outbox, privacy, public
+from service.web import admin_api, bounce_webhook, challenge, errors, health, metrics, outbox, privacy, public
 
 
 def register_web(app: Flask, settings: Settings) -> None:
     app.register_blueprint(public.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
     app.register_blueprint(challenge.bp)
     app.register_blueprint(admin_api.bp)
     app.register_blueprint(bounce_webhook.bp)
