@@ -1,0 +1,17 @@
+# One image for every Procfile process; the command picks the role.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /app
+
+COPY pyproject.toml README.md ./
+COPY service ./service
+COPY tasks ./tasks
+COPY email_templates ./email_templates
+COPY migrations ./migrations
+# Editable, so the app finds email_templates/ and migrations/ beside its package.
+RUN pip install -e . && useradd --create-home --uid 1000 newsletter && chown -R newsletter /app
+USER newsletter
+
+EXPOSE 5000
+CMD ["gunicorn", "--workers", "2", "--threads", "4", "--bind", "0.0.0.0:5000", "service.wsgi:app"]
