@@ -5,13 +5,25 @@ from __future__ import annotations
 from flask import Flask
 
 from service.config import Settings
-from service.web import admin_api, bounce_webhook, challenge, errors, health, metrics, outbox, privacy, public
+from service.web import (
+    admin_api,
+    bounce_webhook,
+    challenge,
+    errors,
+    health,
+    metrics,
+    openapi,
+    outbox,
+    privacy,
+    public,
+)
 
 
 def register_web(app: Flask, settings: Settings) -> None:
     app.register_blueprint(public.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
+    app.register_blueprint(openapi.bp)
     app.register_blueprint(challenge.bp)
     app.register_blueprint(admin_api.bp)
     app.register_blueprint(bounce_webhook.bp)

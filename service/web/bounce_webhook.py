@@ -60,7 +60,26 @@ def http_error(error: HTTPException):  # type: ignore[no-untyped-def]
 
 @bp.post("/bounces")
 def post_bounces():  # type: ignore[no-untyped-def]
-    """Record a raw DSN/ARF message or ESP-parsed bounces; answers what was recorded."""
+    """Record a raw DSN/ARF message or ESP-parsed bounces; answers what was recorded.
+    ---
+    post:
+      summary: Bounce and complaint webhook
+      parameters:
+        - name: recipient
+          in: query
+          description: The envelope recipient of a raw report (URL-encode + as %2B).
+          schema: {type: string}
+      requestBody:
+        required: true
+        content:
+          message/rfc822: {schema: {type: string, description: A raw DSN (RFC 3464) or ARF report.}}
+          application/json: {schema: BounceReports}
+      responses:
+        200: {description: What was recorded., content: {application/json: {schema: BounceResult}}}
+        413: TooLarge
+        415: {description: Neither message/rfc822 nor JSON., content: {application/json: {schema: Error}}}
+        422: InvalidFields
+    """
     settings = get_settings()
     if request.mimetype in RAW_TYPES:
         raw = request.get_data(cache=False)

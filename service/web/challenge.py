@@ -40,7 +40,13 @@ def check_proof_of_work(payload: str) -> None:
 
 @bp.get("/subscribe/challenge")
 def issue_challenge() -> Response:
-    """A fresh signed challenge as JSON, never cached: each one can be spent once."""
+    """A fresh signed challenge as JSON, never cached: each one can be spent once.
+    ---
+    get:
+      summary: A proof-of-work challenge for the form
+      responses:
+        200: {description: The challenge., content: {application/json: {schema: Challenge}}}
+    """
     settings = get_settings()
     challenge = create_challenge(settings.SECRET_KEY, settings.POW_MAX_NUMBER, settings.POW_TTL_SECONDS)
     response = jsonify(challenge)

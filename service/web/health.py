@@ -16,13 +16,26 @@ log = logging.getLogger(__name__)
 
 @bp.get("/healthz")
 def healthz():  # type: ignore[no-untyped-def]
-    """The process is up; says nothing about its dependencies."""
+    """The process is up; says nothing about its dependencies.
+    ---
+    get:
+      summary: Liveness
+      responses:
+        200: {description: Up., content: {application/json: {schema: Health}}}
+    """
     return jsonify({"status": "ok"})
 
 
 @bp.get("/readyz")
 def readyz():  # type: ignore[no-untyped-def]
-    """The database and the broker answer."""
+    """The database and the broker answer.
+    ---
+    get:
+      summary: Readiness
+      responses:
+        200: {description: Both answer., content: {application/json: {schema: Readiness}}}
+        503: {description: One fails; checks names it., content: {application/json: {schema: Readiness}}}
+    """
     checks = {"database": _database_ok(), "broker": _broker_ok()}
     ready = all(checks.values())
     body = {"status": "ready" if ready else "unavailable",

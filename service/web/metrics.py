@@ -28,6 +28,16 @@ def require_scraper():  # type: ignore[no-untyped-def]
 
 @bp.get("/metrics")
 def metrics() -> Response:
+    """Prometheus metrics, counted from the database at scrape time.
+    ---
+    get:
+      summary: Prometheus metrics
+      description: Bearer METRICS_TOKEN, or the admin token when METRICS_TOKEN is unset.
+      security: [{adminToken: []}]
+      responses:
+        200: {description: Prometheus text format., content: {text/plain: {schema: {type: string}}}}
+        401: {description: No valid token., content: {application/json: {schema: Error}}}
+    """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(LedgerCollector(lambda: db.session, _queue_depth))
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)

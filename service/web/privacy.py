@@ -49,21 +49,54 @@ def gone(error: NotFound):  # type: ignore[no-untyped-def]
 
 @bp.get("/preferences/<token>/data")
 def download_data(token: str) -> Response:
-    """Everything we hold about the reader, as a JSON file to keep or take elsewhere."""
+    """Everything we hold about the reader, as a JSON file to keep or take elsewhere.
+    ---
+    get:
+      summary: Download the reader's data
+      responses:
+        200:
+          description: A JSON download (Content-Disposition attachment).
+          content: {application/json: {schema: SubscriberExport}}
+        400: BadLink
+        404: Gone
+    """
     subscriber_id = read_subscriber_token(TokenPurpose.PREFERENCES, token)
     return _json_download(export_subscriber(db.session, subscriber_id))
 
 
 @bp.get("/preferences/<token>/erase")
 def erase_page(token: str) -> str:
-    """Ask first: a link alone (which mail scanners fetch) never erases anything."""
+    """Ask first: a link alone (which mail scanners fetch) never erases anything.
+    ---
+    get:
+      summary: The erase-my-data page
+      responses:
+        200: {description: The page with its Erase button., content: {text/html: {schema: Html}}}
+        400: BadLink
+        404: Gone
+    """
     subscriber = _subscriber_of(token)
     return render_template("erase_confirm.html", token=token, email=subscriber.email)
 
 
 @bp.post("/preferences/<token>/erase")
 def erase_post(token: str):  # type: ignore[no-untyped-def]
-    """Erase the reader. Repeating it shows the same page: the data is gone either way."""
+    """Erase the reader. Repeating it shows the same page: the data is gone either way.
+    ---
+    post:
+      summary: Erase the reader's data
+      parameters: [CsrfHeader]
+      requestBody:
+        content:
+          application/x-www-form-urlencoded: {schema: CsrfForm}
+          multipart/form-data: {schema: CsrfForm}
+      responses:
+        200:
+          description: Erased; the address stays on the suppression list as a hash.
+          content: {text/html: {schema: Html}, application/json: {schema: Erased}}
+        400: BadLink
+        413: FormTooLarge
+    """
     request.max_content_length = get_settings().MAX_FORM_BYTES
     subscriber_id = read_subscriber_token(TokenPurpose.PREFERENCES, token)
     check_csrf(token)
@@ -94,7 +127,18 @@ def _json_download(data: dict[str, Any]) -> Response:
 
 @admin_bp.get("/subscribers/export")
 def admin_export() -> Response:
-    """Everything held about one subscriber (?email= or ?subscriber_id=)."""
+    """Everything held about one subscriber (?email= or ?subscriber_id=).
+    ---
+    get:
+      summary: Export a subscriber's data
+      parameters:
+        - {name: email, in: query, schema: {type: string, format: email}}
+        - {name: subscriber_id, in: query, schema: {type: integer}}
+      responses:
+        200: {description: A JSON download., content: {application/json: {schema: SubscriberExport}}}
+        404: NotFound
+        422: InvalidFields
+    """
     raw_id = request.args.get("subscriber_id")
     subscriber_id = None
     if raw_id is not None:
@@ -110,7 +154,18 @@ def admin_export() -> Response:
 
 @admin_bp.post("/subscribers/erase")
 def admin_erase():  # type: ignore[no-untyped-def]
-    """Erase one subscriber: JSON {"email": ...} or {"subscriber_id": ...}."""
+    """Erase one subscriber: JSON {"email": ...} or {"subscriber_id": ...}.
+    ---
+    post:
+      summary: Erase a subscriber
+      requestBody:
+        required: true
+        content: {application/json: {schema: EraseRequest}}
+      responses:
+        200: {description: Done., content: {application/json: {schema: EraseResult}}}
+        413: TooLarge
+        422: InvalidFields
+    """
     body = request.get_json(silent=True) if request.is_json else None
     if not isinstance(body, dict):
         raise InvalidInput({"body": 'send a JSON object: {"email": ...} or {"subscriber_id": ...}'})

@@ -96,11 +96,30 @@ def malformed_form(error: MalformedForm):  # type: ignore[no-untyped-def]
 
 @bp.get("/")
 def index() -> Response:
+    """Send readers to the subscription form.
+    ---
+    get:
+      summary: Redirect to the subscription form
+      responses:
+        302: {description: To /subscribe., headers: {Location: {schema: {type: string}}}}
+    """
     return redirect("/subscribe")
 
 
 @bp.get("/subscribe")
 def subscribe_form() -> str:
+    """The hosted, accessible subscription form listing the active topics.
+    ---
+    get:
+      summary: The subscription form
+      parameters:
+        - name: topic
+          in: query
+          description: Topic slugs to pre-tick; repeat the parameter for several.
+          schema: {type: array, items: {type: string, maxLength: 80}, example: [marvel-news]}
+      responses:
+        200: {description: The form., content: {text/html: {schema: Html}}}
+    """
     preselected = request.args.getlist("topic")
     form = SubmittedForm(lists={"topics": preselected})
     return _render_subscribe(form, {})
@@ -111,6 +130,28 @@ def subscribe_form() -> str:
 @limiter.limit(limit_per_address, key_func=target_address_key)
 @limiter.limit(limit_per_domain, key_func=target_domain_key)
 def subscribe_post():  # type: ignore[no-untyped-def]
+    """Ask for a subscription: a confirmation email with a signed link follows.
+    ---
+    post:
+      summary: Subscribe (double opt-in)
+      requestBody:
+        required: true
+        content:
+          application/x-www-form-urlencoded: {schema: SubscriptionForm}
+          multipart/form-data: {schema: SubscriptionForm}
+          application/json: {schema: SubscriptionForm}
+      responses:
+        200: {description: A "check your inbox" page., content: {text/html: {schema: Html}}}
+        202: {description: Accepted (JSON clients)., content: {application/json: {schema: Accepted}}}
+        303:
+          description: Back to next, when its origin is allowed.
+          headers: {Location: {schema: {type: string}}}
+        403: ForeignOrigin
+        413: FormTooLarge
+        415: UnsupportedForm
+        422: FormRefused
+        429: TooManyRequests
+    """
     settings = get_settings()
     request.max_content_length = settings.MAX_FORM_BYTES
     if (origin := foreign_origin()) is not None:
@@ -170,6 +211,16 @@ def _accepted(form: SubmittedForm):  # type: ignore[no-untyped-def]
 
 @bp.get("/confirm/<token>")
 def confirm_page(token: str):  # type: ignore[no-untyped-def]
+    """A page with a Confirm button; changes nothing (mail scanners fetch links) unless CONFIRM_ON_GET.
+    ---
+    get:
+      summary: The confirmation page
+      responses:
+        200:
+          description: The page; with CONFIRM_ON_GET, the confirmation itself.
+          content: {text/html: {schema: Html}, application/json: {schema: Confirmed}}
+        400: BadLink
+    """
     read_confirm_token(token)
     if get_settings().CONFIRM_ON_GET:
         return _confirm(token)
@@ -178,6 +229,23 @@ def confirm_page(token: str):  # type: ignore[no-untyped-def]
 
 @bp.post("/confirm/<token>")
 def confirm_post(token: str):  # type: ignore[no-untyped-def]
+    """Confirm the address and every topic waiting for it. Harmless to repeat.
+    ---
+    post:
+      summary: Confirm a subscription
+      parameters:
+        - CsrfHeader
+      requestBody:
+        content:
+          application/x-www-form-urlencoded: {schema: CsrfForm}
+          multipart/form-data: {schema: CsrfForm}
+      responses:
+        200:
+          description: Confirmed.
+          content: {text/html: {schema: Html}, application/json: {schema: Confirmed}}
+        400: BadLink
+        413: FormTooLarge
+    """
     request.max_content_length = get_settings().MAX_FORM_BYTES
     read_confirm_token(token)  # a bad link is a bad link, whatever the form says
     check_csrf(token)
@@ -186,7 +254,26 @@ def confirm_post(token: str):  # type: ignore[no-untyped-def]
 
 @bp.post("/confirm/resend")
 def resend_confirmation():  # type: ignore[no-untyped-def]
-    """Send a fresh confirmation to the reader behind an expired, but genuine, link."""
+    """Send a fresh confirmation to the reader behind an expired, but genuine, link.
+    ---
+    post:
+      summary: Ask for a new confirmation email
+      parameters:
+        - CsrfHeader
+      requestBody:
+        required: true
+        content:
+          application/x-www-form-urlencoded: {schema: ResendForm}
+          multipart/form-data: {schema: ResendForm}
+          application/json: {schema: ResendForm}
+      responses:
+        200: {description: A "check your inbox" page., content: {text/html: {schema: Html}}}
+        202: {description: Accepted (JSON clients)., content: {application/json: {schema: Accepted}}}
+        400: BadLink
+        413: FormTooLarge
+        415: UnsupportedForm
+        422: FormRefused
+    """
     request.max_content_length = get_settings().MAX_FORM_BYTES
     form = read_form(scalar_fields=("token", CSRF_FIELD), list_fields=())
     claims = signer().read(TokenPurpose.CONFIRM, form.get("token"))  # any age: it was ours
@@ -204,13 +291,34 @@ def resend_confirmation():  # type: ignore[no-untyped-def]
 
 @bp.get("/unsubscribe/<token>")
 def unsubscribe_page(token: str) -> str:
+    """A page with an Unsubscribe button.
+    ---
+    get:
+      summary: The unsubscribe page
+      responses:
+        200: {description: The page., content: {text/html: {schema: Html}}}
+        400: BadLink
+    """
     read_subscriber_token(TokenPurpose.UNSUBSCRIBE, token)
     return render_template("unsubscribe.html", token=token)
 
 
 @bp.post("/unsubscribe/<token>")
 def unsubscribe_post(token: str):  # type: ignore[no-untyped-def]
-    """RFC 8058 one-click: no question asked, 2xx, never a redirect."""
+    """RFC 8058 one-click: no question asked, 2xx, never a redirect.
+    ---
+    post:
+      summary: Unsubscribe from everything (one-click)
+      requestBody:
+        content:
+          application/x-www-form-urlencoded: {schema: OneClickUnsubscribe}
+          multipart/form-data: {schema: OneClickUnsubscribe}
+      responses:
+        200:
+          description: Unsubscribed; links never expire.
+          content: {text/html: {schema: Html}, application/json: {schema: Unsubscribed}}
+        400: BadLink
+    """
     request.max_content_length = get_settings().MAX_FORM_BYTES
     subscriber_id = read_subscriber_token(TokenPurpose.UNSUBSCRIBE, token)
     unsubscribe(db.session, subscriber_id)
@@ -222,6 +330,32 @@ def unsubscribe_post(token: str):  # type: ignore[no-untyped-def]
 
 @bp.route("/preferences/<token>", methods=["GET", "POST"])
 def preferences(token: str):  # type: ignore[no-untyped-def]
+    """Change topics, frequency and name, or leave (action=unsubscribe, or no topic at all).
+    ---
+    get:
+      summary: The preferences page
+      responses:
+        200: {description: The page., content: {text/html: {schema: Html}}}
+        400: BadLink
+        404: Gone
+    post:
+      summary: Change preferences, or leave
+      parameters:
+        - CsrfHeader
+      requestBody:
+        required: true
+        content:
+          application/x-www-form-urlencoded: {schema: PreferencesForm}
+          multipart/form-data: {schema: PreferencesForm}
+          application/json: {schema: PreferencesForm}
+      responses:
+        200: {description: "Saved, or unsubscribed.", content: {text/html: {schema: Html}}}
+        400: BadLink
+        404: Gone
+        413: FormTooLarge
+        415: UnsupportedForm
+        422: FormRefused
+    """
     subscriber_id = read_subscriber_token(TokenPurpose.PREFERENCES, token)
     subscriber = db.session.get(Subscriber, subscriber_id)
     if subscriber is None:
