@@ -213,10 +213,14 @@ def _url(data: Mapping[str, Any], name: str, errors: dict[str, str], required: b
     if value is None:
         return None
     try:
-        return canonical_url(value)
+        url = canonical_url(value)
     except ValueError as error:
         errors[name] = str(error)
         return None
+    if len(url) > MAX_URL:  # percent-encoding can make a URL several times longer
+        errors[name] = f"must be at most {MAX_URL} characters once percent-encoded"
+        return None
+    return url
 
 
 def _datetime(data: Mapping[str, Any], name: str, errors: dict[str, str]) -> datetime | None:
@@ -229,11 +233,11 @@ def _datetime(data: Mapping[str, Any], name: str, errors: dict[str, str]) -> dat
         return None
     try:
         parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
+        # A time without an offset is taken as UTC, as feeds and most CMSs mean it.
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: year 1 or 9999 shifted out of range
         errors[name] = "must be an ISO 8601 date-time, like 2026-11-25T09:30:00Z"
         return None
-    # A time without an offset is taken as UTC, as feeds and most CMSs mean it.
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def _tags(value: Any, errors: dict[str, str]) -> list[str]:

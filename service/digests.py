@@ -232,7 +232,8 @@ def find_subscriber(session: Session, email: str | None = None, subscriber_id: i
                     ) -> Subscriber | None:
     """Look a subscriber up by address (normalised as we store it) or by id."""
     if subscriber_id is not None:
-        return session.get(Subscriber, subscriber_id)
+        # Ids beyond the column's range cannot exist; the database would refuse the query.
+        return session.get(Subscriber, subscriber_id) if 0 < subscriber_id < 2**31 else None
     if email:
         return session.scalars(
             select(Subscriber).where(Subscriber.email == email.strip().lower())

@@ -16,12 +16,12 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.articles import canonical_url, normalise_tags, tags_by_name
+from service.articles import MAX_TAG_LENGTH, canonical_url, normalise_tags, tags_by_name
 from service.config import FREQUENCIES
 from service.errors import InvalidInput, NotFound
 from service.models import Feed, Frequency, Topic, utcnow
 
-SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,79}$")
+SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,79}")  # used with fullmatch: no trailing newline slips by
 TOPIC_FIELDS = frozenset({"slug", "name", "description", "tags", "default_frequency", "feed_url"})
 DEMO_TOPICS = (
     ("marvel-news", "Marvel News", "The Marvel Cinematic Universe: casting, trailers, set photos.",
@@ -57,7 +57,7 @@ def topic_changes_from_mapping(data: Mapping[str, Any], creating: bool) -> tuple
     for unknown in sorted(set(data) - TOPIC_FIELDS):
         errors[str(unknown)[:100]] = "unknown field"
     slug = data.get("slug")
-    if creating and (not isinstance(slug, str) or not SLUG.match(slug)):
+    if creating and (not isinstance(slug, str) or not SLUG.fullmatch(slug)):
         errors["slug"] = "lower-case letters, digits and dashes, at most 80 characters"
     elif not creating and "slug" in data:
         errors["slug"] = "cannot be changed; create a new topic instead"
@@ -69,6 +69,9 @@ def topic_changes_from_mapping(data: Mapping[str, Any], creating: bool) -> tuple
     if tags is not None and (not isinstance(tags, list) or not all(isinstance(t, str) for t in tags)):
         errors["tags"] = "must be a list of strings"
         tags = None
+    elif tags is not None and any(len(t) > MAX_TAG_LENGTH for t in normalise_tags(tags)):
+        errors["tags"] = f"each tag at most {MAX_TAG_LENGTH} characters"
+        tags = None
     frequency = data.get("default_frequency")
     if frequency is not None and frequency not in FREQUENCIES:
         errors["default_frequency"] = f"one of {', '.join(FREQUENCIES)}, or null"
@@ -78,6 +81,9 @@ def topic_changes_from_mapping(data: Mapping[str, Any], creating: bool) -> tuple
             feed_url = canonical_url(feed_url)
         except ValueError as error:
             errors["feed_url"] = str(error)
+        else:
+            if len(feed_url) > 2048:
+                errors["feed_url"] = "must be at most 2048 characters once percent-encoded"
     if errors:
         raise InvalidTopic(errors)
     changes = TopicChanges(

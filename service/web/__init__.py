@@ -17,9 +17,11 @@ from service.web import (
     privacy,
     public,
 )
+from service.web.input_guard import guard_input
 
 
 def register_web(app: Flask, settings: Settings) -> None:
+    guard_input(app)
     app.register_blueprint(public.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)

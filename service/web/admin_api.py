@@ -112,7 +112,7 @@ def get_articles():  # type: ignore[no-untyped-def]
       responses:
         200: {description: The articles., content: {application/json: {schema: ArticleList}}}
     """
-    limit = min(request.args.get("limit", 50, type=int) or 50, 500)
+    limit = min(max(request.args.get("limit", 50, type=int) or 50, 1), 500)
     query = select(Article).order_by(Article.published_at.desc(), Article.id.desc()).limit(limit)
     if tag := request.args.get("tag"):
         query = query.join(article_tags).join(Tag).where(Tag.name == tag.strip().casefold())
@@ -339,7 +339,10 @@ def deliveries_retry():  # type: ignore[no-untyped-def]
     body = {} if body is None else body
     if not isinstance(body, dict) or set(body) - {"kind", "period"}:
         raise InvalidInput({"body": "a JSON object with optional kind and period"})
-    ids = retry_failed(db.session, _delivery_kind(body.get("kind")), body.get("period"))
+    period = body.get("period")
+    if period is not None and not isinstance(period, str):
+        raise InvalidInput({"period": "a digest period such as daily:2026-11-25"})
+    ids = retry_failed(db.session, _delivery_kind(body.get("kind")), period)
     db.session.commit()
     published = publish_deliveries(ids)
     return jsonify({"retried": len(ids), "published": published})

@@ -253,6 +253,8 @@ RESPONSES: dict[str, dict[str, Any]] = {
     "Unauthorized": _answer("No valid bearer token; no data.", "Error",
                             headers={"WWW-Authenticate": {"schema": _str()}}),
     "InvalidFields": _answer("Fields refused; errors names each.", "Error"),
+    "MalformedRequest": _answer("The URL holds a NUL character (refused for every route).",
+                                "Html", "Error"),
     "NotFound": _answer("No such thing.", "Error"),
     "TooLarge": _answer("The body is over 2 MiB.", "Error"),
     "BadLink": _answer("The link is tampered, incomplete, expired or stale, or the form's CSRF token is "
@@ -292,6 +294,10 @@ class _RoutePlugin(BasePlugin):
             if blueprint in SECURITY:
                 operation["security"] = SECURITY[blueprint]
                 operation.setdefault("responses", {}).setdefault(401, "Unauthorized")
+            # service.web.input_guard answers any route this way before its view runs.
+            responses = operation.setdefault("responses", {})
+            if 400 not in responses and "400" not in responses:
+                responses[400] = "MalformedRequest"
 
 
 def described_rules(app: Flask) -> list[Rule]:
