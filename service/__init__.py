@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 
 from flask import Flask
@@ -13,6 +12,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from service.config import PROJECT_ROOT, Settings, settings_from_environment
 from service.extensions import db, discard_session, migrate
+from service.logs import configure_logging
 from service.tokens import TokenSigner
 from service.web.abuse import init_abuse_protection
 from service.web.challenge import init_proof_of_work
@@ -77,10 +77,7 @@ def _configure_flask(app: Flask, settings: Settings) -> None:
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.LOG_LEVEL,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.LOG_LEVEL, as_json=settings.LOG_FORMAT == "json")
 
 
 @event.listens_for(Engine, "connect")

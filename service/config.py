@@ -63,6 +63,7 @@ class Settings:
     FORM_MIN_FILL_SECONDS: float
     POW_REQUIRED: bool
     METRICS_TOKEN: str | None
+    LOG_FORMAT: str
     POW_MAX_NUMBER: int
     POW_TTL_SECONDS: int
     DEFAULT_FREQUENCY: str
@@ -180,6 +181,7 @@ def load_settings(environ: Mapping[str, str], instance_path: Path) -> Settings:
         FORM_MIN_FILL_SECONDS=env.non_negative_float("FORM_MIN_FILL_SECONDS", 2.0),
         POW_REQUIRED=env.bool("POW_REQUIRED", False),
         METRICS_TOKEN=env.str("METRICS_TOKEN"),
+        LOG_FORMAT=env.choice("LOG_FORMAT", ("json", "text"), "text" if embedded else "json"),
         POW_MAX_NUMBER=env.int("POW_MAX_NUMBER", 100_000),
         POW_TTL_SECONDS=env.int("POW_TTL_SECONDS", 600),
         DEFAULT_FREQUENCY=env.choice("DEFAULT_FREQUENCY", FREQUENCIES, "weekly"),

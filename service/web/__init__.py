@@ -18,9 +18,11 @@ from service.web import (
     public,
 )
 from service.web.input_guard import guard_input
+from service.web.request_ids import track_request_ids
 
 
 def register_web(app: Flask, settings: Settings) -> None:
+    track_request_ids(app)
     guard_input(app)
     app.register_blueprint(public.bp)
     app.register_blueprint(health.bp)

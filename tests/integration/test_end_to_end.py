@@ -146,3 +146,20 @@ def test_a_task_published_twice_sends_one_email(client, smtp, worker):
     client.post("/subscribe", data={"email": marker, "topics": "tv-news"})
     smtp.wait_for(marker)
     assert len(smtp.messages_to(EMAIL)) == 1
+
+
+def test_the_request_id_follows_a_subscription_into_the_worker(client, smtp, worker):
+    response = client.post("/subscribe", data=FORM, headers={"X-Request-ID": "req-peggy-2026"})
+    assert response.headers["X-Request-ID"] == "req-peggy-2026"
+    smtp.wait_for(EMAIL)
+    wait_until(lambda: "req-peggy-2026" in worker.log(), timeout=10, message="the id in the worker's log")
+    line = next(line for line in worker.log().splitlines() if "req-peggy-2026" in line)
+    assert "sent" in line or "succeeded" in line
+    assert EMAIL not in worker.log()
+
+
+def test_a_request_without_an_id_gets_one(client):
+    first, second = client.get("/healthz"), client.get("/healthz")
+    assert len(first.headers["X-Request-ID"]) == 32
+    assert first.headers["X-Request-ID"] != second.headers["X-Request-ID"]
+    assert client.get("/healthz", headers={"X-Request-ID": "<bad id>"}).headers["X-Request-ID"] != "<bad id>"

@@ -1,0 +1,28 @@
+"""Give each request an id (or keep the caller's X-Request-ID), log with it, and answer with it."""
+
+from __future__ import annotations
+
+from flask import Flask, g, request
+from werkzeug.wrappers import Response
+
+from service.logs import new_request_id, request_id_var
+
+
+def track_request_ids(app: Flask) -> None:
+    @app.before_request
+    def start() -> None:
+        rid = new_request_id(request.headers.get("X-Request-ID"))
+        g.request_id_token = request_id_var.set(rid)
+
+    @app.after_request
+    def answer(response: Response) -> Response:
+        rid = request_id_var.get()
+        if rid:
+            response.headers["X-Request-ID"] = rid
+        return response
+
+    @app.teardown_request
+    def finish(exc: BaseException | None) -> None:
+        token = g.pop("request_id_token", None)
+        if token is not None:
+            request_id_var.reset(token)
