@@ -28,7 +28,10 @@ def guard_input(app: Flask) -> None:
     def refuse_nul():  # type: ignore[no-untyped-def]
         in_url = "\x00" in request.path or any(
             "\x00" in key or "\x00" in value for key, value in request.args.items(multi=True))
-        in_json = request.is_json and _holds_nul(request.get_json(silent=True))
+        # JSON of the admin API; the public forms refuse NUL field by field (web.forms), and
+        # their tighter size limit must apply before anything reads the body.
+        in_json = (request.path.startswith("/api/") and request.is_json
+                   and _holds_nul(request.get_json(silent=True)))
         if in_url or in_json:
             return error_response(422 if in_json else 400, "NUL characters are not accepted.",
                                   errors={"body" if in_json else "url": "contains a NUL character"})
