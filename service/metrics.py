@@ -5,17 +5,22 @@ ledger in the database is the one place that sees all of them. So instead of
 per-process counters, each scrape counts rows: readers and subscriptions by
 state, deliveries by kind and state, bounces by kind, and the broker's queue
 depth. Cheap enough with the indexes we have; scrape every 30-60 s.
+
+What the ledger cannot know, how long SMTP sends take and how they fail, the
+workers add up in a store they share (service.mail.timing); SmtpCollector
+reads it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from service.mail.timing import SmtpTotals
 from service.models import Bounce, Delivery, Subscriber, Subscription, Topic
 
 
@@ -57,3 +62,24 @@ class LedgerCollector(Collector):
         if depth is not None:
             yield GaugeMetricFamily("newsletter_queue_depth", "Tasks waiting in the broker's queue",
                                     value=depth)
+
+
+class SmtpCollector(Collector):
+    """SMTP send latency and errors by kind, as every worker process observed them."""
+
+    def __init__(self, totals: Callable[[], SmtpTotals | None]) -> None:
+        self._totals = totals
+
+    def collect(self) -> Iterator[Metric]:
+        totals = self._totals()
+        if totals is None:
+            return
+        yield HistogramMetricFamily("newsletter_smtp_send_seconds",
+                                    "Time each SMTP send took, successful or not (connecting included)",
+                                    buckets=totals.buckets, sum_value=totals.sum)
+        errors = CounterMetricFamily(
+            "newsletter_smtp_errors", "SMTP sends that failed: temporary (4xx reply), permanent (5xx reply) "
+            "or connection (refused, dropped or timed out)", labels=["kind"])
+        for kind, count in totals.errors.items():
+            errors.add_metric([kind], count)
+        yield errors

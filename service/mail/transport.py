@@ -180,17 +180,20 @@ class RateLimitedTransport:
 
 
 def transport_for(settings: Settings, session: Session) -> Transport:
-    """SMTP when SMTP_HOST is set, otherwise the embedded outbox; DKIM-signed and
-    rate-limited when configured."""
+    """SMTP when SMTP_HOST is set (timed, for /metrics), otherwise the embedded outbox;
+    DKIM-signed and rate-limited when configured."""
     transport: Transport
     if settings.uses_outbox:
         transport = OutboxTransport(session)
     else:
-        transport = SMTPTransport(SMTPSettings(
+        # Imported here: timing's transport is a subclass of SMTPTransport, defined above.
+        from service.mail.timing import TimedSMTPTransport, smtp_metrics_for
+
+        transport = TimedSMTPTransport(SMTPSettings(
             host=settings.SMTP_HOST or "", port=settings.SMTP_PORT, security=settings.SMTP_SECURITY,
             username=settings.SMTP_USERNAME, password=settings.SMTP_PASSWORD,
             timeout=settings.SMTP_TIMEOUT,
-        ))
+        ), smtp_metrics_for(settings))
     if settings.DKIM_PRIVATE_KEY and settings.DKIM_DOMAIN and settings.DKIM_SELECTOR:
         transport = SigningTransport(transport, DkimSigner(
             settings.DKIM_DOMAIN, settings.DKIM_SELECTOR, settings.DKIM_PRIVATE_KEY.encode()))

@@ -10,7 +10,8 @@ from prometheus_client.registry import CollectorRegistry
 
 from service.config import get_settings
 from service.extensions import db
-from service.metrics import LedgerCollector
+from service.mail.timing import shared_smtp_totals
+from service.metrics import LedgerCollector, SmtpCollector
 from service.web.admin_auth import bearer_token, require_admin, unauthorized
 
 bp = Blueprint("metrics", __name__)
@@ -28,7 +29,7 @@ def require_scraper():  # type: ignore[no-untyped-def]
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    """Prometheus metrics, counted from the database at scrape time.
+    """Prometheus metrics, counted from the database at scrape time, and SMTP figures from the workers.
     ---
     get:
       summary: Prometheus metrics
@@ -40,6 +41,8 @@ def metrics() -> Response:
     """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(LedgerCollector(lambda: db.session, _queue_depth))
+    if not get_settings().uses_outbox:  # the outbox sends nothing over SMTP
+        registry.register(SmtpCollector(lambda: shared_smtp_totals(get_settings())))
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
 
