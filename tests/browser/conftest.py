@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from flask import Flask
-from playwright.sync_api import Browser, Playwright, sync_playwright
+from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from service.extensions import db
@@ -79,6 +79,14 @@ def browser(playwright: Playwright, chromium_path: str, live_server: LiveServer,
     )
     yield launched
     launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A tab in a fresh browser context (no cookies, cache or history), closed after the test."""
+    context = browser.new_context()
+    yield context.new_page()
+    context.close()
 
 
 # ---------------------------------------------------------------- the service, over HTTP

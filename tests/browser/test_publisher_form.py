@@ -7,7 +7,7 @@ server; Chromium opens that email, follows its button and presses *Confirm*.
 """
 
 import pytest
-from playwright.sync_api import Browser, expect
+from playwright.sync_api import Page, expect
 from sqlalchemy import select
 
 from service.extensions import db
@@ -25,8 +25,7 @@ def _subscriber() -> Subscriber | None:
 
 
 def test_a_reader_subscribes_on_the_publishers_page_and_confirms_from_the_email(
-        browser: Browser, live_service, smtp, worker):
-    page = browser.new_page()
+        page: Page, live_service, smtp, worker):
     page.goto(PUBLISHER_ORIGIN + ARTICLE)
     expect(page.get_by_text("Expect a confirmation email if you subscribe.")).to_be_visible()
     expect(page.locator('input[name="website"]')).not_to_be_in_viewport()  # the honeypot: bots only
@@ -46,7 +45,6 @@ def test_a_reader_subscribes_on_the_publishers_page_and_confirms_from_the_email(
     page.get_by_role("button", name="Confirm subscription").click()
     expect(page.get_by_role("heading", name="You're subscribed")).to_be_visible()
     expect(page.get_by_role("listitem")).to_have_text(["Marvel News"])
-    page.close()
 
     with live_service.app_context():
         subscriber = wait_until(lambda: (s := _subscriber()) and s.status == SubscriberStatus.CONFIRMED and s,
@@ -61,14 +59,12 @@ def test_a_reader_subscribes_on_the_publishers_page_and_confirms_from_the_email(
 
 
 def test_the_same_snippet_on_a_site_the_service_does_not_list_is_refused(
-        browser: Browser, live_service, smtp):
-    page = browser.new_page()
+        page: Page, live_service, smtp):
     page.goto(STRANGER_ORIGIN + ARTICLE)
     page.get_by_label("Subscribe for Marvel News").fill(EMAIL)
     page.get_by_role("button", name="Subscribe").click()
     expect(page).to_have_url(f"{PUBLIC_BASE_URL}/subscribe")
     expect(page.get_by_text("may only be posted from the publisher's own pages")).to_be_visible()
-    page.close()
     with live_service.app_context():
         assert _subscriber() is None
     assert smtp.messages_to(EMAIL) == []
