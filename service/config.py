@@ -73,6 +73,7 @@ class Settings:
     DELIVERY_SWEEP_SECONDS: float
     DELIVERY_STALE_SECONDS: float
     DELIVERY_LEASE_SECONDS: float
+    DELIVERY_GROUP_SIZE: int
     SEED_DEMO_TOPICS: bool
     DIGEST_MAIL_FROM: str
     DIGEST_SEND_HOUR: int
@@ -191,6 +192,7 @@ def load_settings(environ: Mapping[str, str], instance_path: Path) -> Settings:
         DELIVERY_SWEEP_SECONDS=env.float("DELIVERY_SWEEP_SECONDS", 60.0),
         DELIVERY_STALE_SECONDS=env.float("DELIVERY_STALE_SECONDS", 120.0),
         DELIVERY_LEASE_SECONDS=env.float("DELIVERY_LEASE_SECONDS", 600.0),
+        DELIVERY_GROUP_SIZE=env.int_range("DELIVERY_GROUP_SIZE", 50, 1, 10_000),
         SEED_DEMO_TOPICS=env.bool("SEED_DEMO_TOPICS", embedded),
         DIGEST_MAIL_FROM=env.mailbox("DIGEST_MAIL_FROM", mail_from),
         DIGEST_SEND_HOUR=env.int_range("DIGEST_SEND_HOUR", 8, 0, 23),

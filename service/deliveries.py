@@ -1,10 +1,17 @@
-"""The delivery ledger: claim a message, send it once, record what happened.
+"""The delivery ledger: claim messages, send each once, record what happened.
 
 A delivery row moves queued -> sending -> sent, or to deferred (retried later),
 failed (given up) or suppressed (no longer wanted). The move to *sending* is a
 conditional UPDATE committed before talking to SMTP, so two workers holding the
-same task cannot both send it. This module commits: each step of a delivery
-must be durable before the next one starts.
+same task cannot both send a message.
+
+Deliveries go through in groups of DELIVERY_GROUP_SIZE: one UPDATE ... RETURNING
+claims the group, a few set queries load what it needs (readers, suppressions,
+digest items), the messages go out over one SMTP connection, and one commit
+records every outcome. Per-message round trips to the database were most of
+the cost of a send. The price is the duplicate window: a process killed after
+SMTP accepted a message but before the group's commit leaves up to a group's
+rows in *sending*, and they are sent again once their lease runs out.
 """
 
 from __future__ import annotations
@@ -12,16 +19,17 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, or_, select, update
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from service.config import Settings
-from service.mail.compose import compose_confirmation, compose_digest
+from service.mail.compose import DigestComposer, compose_confirmation
 from service.mail.message import OutgoingMessage, build_mime
 from service.mail.transport import PermanentSendError, TemporarySendError, Transport
 from service.models import (
@@ -34,12 +42,12 @@ from service.models import (
     utcnow,
 )
 from service.pauses import open_pause
-from service.suppressions import is_suppressed
+from service.suppressions import suppressed_addresses
 from service.verp import verp_address
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF_SECONDS = 3600.0
-SENT_COMMIT_ATTEMPTS = 6  # about six seconds of retrying in all
+RECORD_ATTEMPTS = 6  # about six seconds of retrying in all
 
 
 class RetryLater(Exception):
@@ -54,13 +62,30 @@ class RetryLater(Exception):
 class DeliveryResult:
     delivery_id: int
     state: DeliveryState | None  # None: the delivery was not ours to send (gone or taken)
+    retry_in: float | None = None  # deferred: seconds until the next attempt
+    reason: str | None = None
 
 
-Composer = Callable[[Delivery, Subscriber, Settings, datetime], OutgoingMessage]
-_COMPOSERS: dict[DeliveryKind, Composer] = {
-    DeliveryKind.CONFIRMATION: compose_confirmation,
-    DeliveryKind.DIGEST: compose_digest,
-}
+@dataclass(frozen=True)
+class BatchResult:
+    results: list[DeliveryResult]
+
+    @property
+    def retries(self) -> list[tuple[int, float]]:
+        """(delivery id, seconds until its next attempt) of each deferred delivery."""
+        return [(r.delivery_id, r.retry_in) for r in self.results if r.retry_in is not None]
+
+
+@dataclass(frozen=True)
+class ClaimedDelivery:
+    """A ledger row as claimed: plain data, so it outlives the claim's commit."""
+
+    id: int
+    kind: DeliveryKind
+    subscriber_id: int | None
+    period: str | None
+    created_at: datetime
+    attempts: int
 
 
 def deliver(session: Session, delivery_id: int, transport: Transport, settings: Settings
@@ -70,30 +95,77 @@ def deliver(session: Session, delivery_id: int, transport: Transport, settings: 
     Raises RetryLater after recording a temporary failure; the caller schedules
     the next attempt.
     """
-    if not _claim(session, delivery_id, settings):
-        return DeliveryResult(delivery_id, None)
-    delivery = session.get(Delivery, delivery_id)
-    assert delivery is not None  # we just claimed it
-    subscriber = delivery.subscriber
-    reason = _why_not_wanted(session, delivery, subscriber)
-    if reason is not None or subscriber is None:
-        return _finish(session, delivery, DeliveryState.SUPPRESSED, reason or "subscriber gone")
+    [result] = deliver_many(session, [delivery_id], transport, settings).results
+    if result.retry_in is not None:
+        raise RetryLater(result.retry_in, result.reason or "")
+    return result
 
-    if open_pause(session) is not None:
-        return _wait_for_resume(session, delivery, settings)
 
-    now = utcnow()
-    message = _COMPOSERS[delivery.kind](delivery, subscriber, settings, now)
-    delivery.message_id = message.message_id
+def deliver_many(session: Session, delivery_ids: Sequence[int], transport: Transport, settings: Settings
+                 ) -> BatchResult:
+    """Send several deliveries over one transport (one SMTP connection), group by group."""
+    digests = DigestComposer(session, settings)
+    results: list[DeliveryResult] = []
+    size = settings.DELIVERY_GROUP_SIZE
+    for start in range(0, len(delivery_ids), size):
+        group = delivery_ids[start:start + size]
+        results.extend(_deliver_group(session, group, transport, settings, digests))
+    return BatchResult(results)
+
+
+def _deliver_group(session: Session, delivery_ids: Sequence[int], transport: Transport, settings: Settings,
+                   digests: DigestComposer) -> list[DeliveryResult]:
+    claimed = _claim(session, delivery_ids, settings)
+    outcomes = _Outcomes(claimed)
     try:
-        transport.send(envelope_sender(delivery, message, settings), [message.to], build_mime(message),
-                       subject=message.subject, message_id=message.message_id)
-    except PermanentSendError as error:
-        subscriber.last_delivery_error = error.reply
-        return _finish(session, delivery, DeliveryState.FAILED, error.reply)
-    except TemporarySendError as error:
-        return _defer(session, delivery, settings, error.reply)
-    return _record_sent(session, delivery_id, message.message_id, now)
+        if claimed and open_pause(session) is not None:
+            for delivery in claimed:
+                outcomes.wait_for_resume(delivery, settings)
+        elif claimed:
+            _send_group(session, claimed, transport, settings, digests, outcomes)
+    except BaseException:
+        # Record what was sent before the trouble, or it would be sent again.
+        session.rollback()
+        outcomes.record(session)
+        raise
+    outcomes.record(session)
+    taken = {delivery.id for delivery in claimed}
+    return [outcomes.results[i] if i in taken else DeliveryResult(i, None) for i in delivery_ids]
+
+
+def _send_group(session: Session, claimed: list[ClaimedDelivery], transport: Transport, settings: Settings,
+                digests: DigestComposer, outcomes: _Outcomes) -> None:
+    subscribers = {s.id: s for s in session.scalars(
+        select(Subscriber).where(Subscriber.id.in_({d.subscriber_id for d in claimed})))}
+    suppressed = suppressed_addresses(session, [s.email for s in subscribers.values()])
+    digests.load(d.id for d in claimed if d.kind == DeliveryKind.DIGEST)
+    lease = _Lease(session, settings)
+    for delivery in claimed:
+        subscriber = subscribers.get(delivery.subscriber_id or 0)
+        reason = _why_not_wanted(delivery, subscriber, suppressed)
+        if reason is not None or subscriber is None:
+            outcomes.finish(delivery, DeliveryState.SUPPRESSED, reason or "subscriber gone")
+            continue
+        lease.keep(outcomes.unsettled())
+        now = utcnow()
+        try:
+            message = _compose(delivery, subscriber, settings, digests, now)
+        except SQLAlchemyError:
+            raise
+        except Exception:
+            # A template or data problem that retrying cannot fix: fail this one, send the rest.
+            log.exception("delivery %s could not be composed", delivery.id)
+            outcomes.finish(delivery, DeliveryState.FAILED, "the message could not be composed")
+            continue
+        try:
+            transport.send(envelope_sender(delivery, message, settings), [message.to], build_mime(message),
+                           subject=message.subject, message_id=message.message_id)
+        except PermanentSendError as error:
+            outcomes.fail(delivery, error.reply, message.message_id)
+        except TemporarySendError as error:
+            outcomes.defer(delivery, settings, error.reply, message.message_id)
+        else:
+            outcomes.sent(delivery, message.message_id, now)
 
 
 def stalled_delivery_ids(session: Session, settings: Settings, limit: int = 500) -> list[int]:
@@ -124,23 +196,34 @@ def retry_delay(attempts: int, base_seconds: float) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
-def _claim(session: Session, delivery_id: int, settings: Settings) -> bool:
+def _compose(delivery: ClaimedDelivery, subscriber: Subscriber, settings: Settings, digests: DigestComposer,
+             now: datetime) -> OutgoingMessage:
+    if delivery.kind == DeliveryKind.DIGEST:
+        return digests.compose(delivery, subscriber, now)
+    return compose_confirmation(delivery, subscriber, settings, now)
+
+
+def _claim(session: Session, delivery_ids: Sequence[int], settings: Settings) -> list[ClaimedDelivery]:
+    """Move the group's due rows to *sending* in one committed UPDATE; returns them in the given order."""
     now = utcnow()
     lease_expired = now - timedelta(seconds=settings.DELIVERY_LEASE_SECONDS)
-    claimed = session.execute(
+    rows = session.execute(
         update(Delivery)
         .where(
-            Delivery.id == delivery_id,
+            Delivery.id.in_(delivery_ids),
             or_(
                 Delivery.state.in_((DeliveryState.QUEUED, DeliveryState.DEFERRED)),
                 and_(Delivery.state == DeliveryState.SENDING, Delivery.updated_at < lease_expired),
             ),
         )
         .values(state=DeliveryState.SENDING, attempts=Delivery.attempts + 1, updated_at=now)
+        .returning(Delivery.id, Delivery.kind, Delivery.subscriber_id, Delivery.period, Delivery.created_at,
+                   Delivery.attempts)
         .execution_options(synchronize_session=False)
-    ).rowcount
+    ).all()
     session.commit()
-    return claimed == 1
+    by_id = {row.id: ClaimedDelivery(*row) for row in rows}
+    return [by_id[i] for i in dict.fromkeys(delivery_ids) if i in by_id]
 
 
 def envelope_sender(delivery: Delivery, message: OutgoingMessage, settings: Settings) -> str:
@@ -150,11 +233,12 @@ def envelope_sender(delivery: Delivery, message: OutgoingMessage, settings: Sett
     return verp_address(settings.BOUNCE_ADDRESS, delivery.id, settings.SECRET_KEY)
 
 
-def _why_not_wanted(session: Session, delivery: Delivery, subscriber: Subscriber | None) -> str | None:
+def _why_not_wanted(delivery: ClaimedDelivery, subscriber: Subscriber | None, suppressed: set[str]
+                    ) -> str | None:
     """Re-check right before sending: the reader may have confirmed, left or bounced meanwhile."""
     if subscriber is None:
         return "subscriber gone"
-    if is_suppressed(session, subscriber.email):
+    if subscriber.email in suppressed:
         return "address suppressed"
     if subscriber.status == SubscriberStatus.UNSUBSCRIBED:
         return "subscriber unsubscribed"
@@ -167,63 +251,118 @@ def _why_not_wanted(session: Session, delivery: Delivery, subscriber: Subscriber
     return None
 
 
-def _defer(session: Session, delivery: Delivery, settings: Settings, reply: str) -> DeliveryResult:
-    if delivery.attempts >= settings.DELIVERY_MAX_ATTEMPTS:
-        if delivery.subscriber is not None:
-            delivery.subscriber.last_delivery_error = reply
-        return _finish(session, delivery, DeliveryState.FAILED,
-                       f"gave up after {delivery.attempts} attempts: {reply}")
-    countdown = retry_delay(delivery.attempts, settings.DELIVERY_RETRY_BASE_SECONDS)
-    delivery.next_attempt_at = utcnow() + timedelta(seconds=countdown)
-    _finish(session, delivery, DeliveryState.DEFERRED, reply)
-    raise RetryLater(countdown, reply)
+class _Lease:
+    """Renews the claim of a group's unsent rows when sending it takes long (a slow relay,
+    a low SEND_RATE_LIMIT), so the sweep does not hand them to another worker meanwhile."""
+
+    def __init__(self, session: Session, settings: Settings) -> None:
+        self._session = session
+        self._renew_after = settings.DELIVERY_LEASE_SECONDS / 2
+        self._claimed_at = time.monotonic()
+
+    def keep(self, delivery_ids: list[int]) -> None:
+        if time.monotonic() - self._claimed_at < self._renew_after or not delivery_ids:
+            return
+        self._session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(delivery_ids), Delivery.state == DeliveryState.SENDING)
+            .values(updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        self._session.commit()
+        self._claimed_at = time.monotonic()
 
 
-def _wait_for_resume(session: Session, delivery: Delivery, settings: Settings) -> DeliveryResult:
-    """Sending is paused: defer without spending an attempt, look again later."""
-    delivery.attempts -= 1
-    delivery.next_attempt_at = utcnow() + timedelta(seconds=settings.PAUSE_RECHECK_SECONDS)
-    _finish(session, delivery, DeliveryState.DEFERRED, "sending paused by the operator")
-    raise RetryLater(settings.PAUSE_RECHECK_SECONDS, "sending paused")
+@dataclass
+class _Outcomes:
+    """What happened to each claimed delivery, kept as data until ``record`` commits it all."""
 
+    claimed: list[ClaimedDelivery]
+    results: dict[int, DeliveryResult] = field(default_factory=dict)
+    changes: dict[int, dict[str, Any]] = field(default_factory=dict)
+    reader_errors: dict[int, str] = field(default_factory=dict)
 
-def _record_sent(session: Session, delivery_id: int, message_id: str, sent_at: datetime) -> DeliveryResult:
-    """Mark the delivery sent, trying hard: the relay has accepted the message.
+    def unsettled(self) -> list[int]:
+        return [d.id for d in self.claimed if d.id not in self.results]
 
-    If the commit fails now (the database connection dropped while we talked
-    to SMTP), the row would stay 'sending' and be sent again once its lease
-    ran out. So we retry on a fresh connection before giving up; only a
-    database that stays away longer than that leaves the duplicate window open.
-    """
-    for attempt in range(SENT_COMMIT_ATTEMPTS):
-        try:
-            session.execute(
-                update(Delivery).where(Delivery.id == delivery_id)
-                .values(state=DeliveryState.SENT, sent_at=sent_at, message_id=message_id,
-                        last_error=None, updated_at=utcnow())
-                .execution_options(synchronize_session=False)
-            )
-            session.commit()
-        except DBAPIError as error:
-            session.rollback()
-            if attempt == SENT_COMMIT_ATTEMPTS - 1:
-                raise
-            log.warning("delivery %s sent but not yet recorded (%s); retrying",
-                        delivery_id, error.__class__.__name__)
-            time.sleep(0.2 * 2 ** attempt)
-        else:
-            log.info("delivery %s sent", delivery_id)
-            return DeliveryResult(delivery_id, DeliveryState.SENT)
-    raise AssertionError("unreachable")
+    def sent(self, delivery: ClaimedDelivery, message_id: str, sent_at: datetime) -> None:
+        self._set(delivery, DeliveryState.SENT, None, message_id=message_id, sent_at=sent_at)
 
+    def finish(self, delivery: ClaimedDelivery, state: DeliveryState, error: str) -> None:
+        self._set(delivery, state, error)
 
-def _finish(session: Session, delivery: Delivery, state: DeliveryState, error: str | None
-            ) -> DeliveryResult:
-    delivery.state = state
-    delivery.last_error = error
-    session.commit()
-    log.info("delivery %s %s", delivery.id, state.value)
-    return DeliveryResult(delivery.id, state)
+    def fail(self, delivery: ClaimedDelivery, reply: str, message_id: str) -> None:
+        self._note_reader_error(delivery, reply)
+        self._set(delivery, DeliveryState.FAILED, reply, message_id=message_id)
+
+    def defer(self, delivery: ClaimedDelivery, settings: Settings, reply: str, message_id: str) -> None:
+        if delivery.attempts >= settings.DELIVERY_MAX_ATTEMPTS:
+            self._note_reader_error(delivery, reply)
+            self._set(delivery, DeliveryState.FAILED, f"gave up after {delivery.attempts} attempts: {reply}",
+                      message_id=message_id)
+            return
+        countdown = retry_delay(delivery.attempts, settings.DELIVERY_RETRY_BASE_SECONDS)
+        self._set(delivery, DeliveryState.DEFERRED, reply, retry_in=countdown, message_id=message_id,
+                  next_attempt_at=utcnow() + timedelta(seconds=countdown))
+
+    def wait_for_resume(self, delivery: ClaimedDelivery, settings: Settings) -> None:
+        """Sending is paused: defer without spending an attempt, look again later."""
+        self._set(delivery, DeliveryState.DEFERRED, "sending paused by the operator",
+                  retry_in=settings.PAUSE_RECHECK_SECONDS, attempts=delivery.attempts - 1,
+                  next_attempt_at=utcnow() + timedelta(seconds=settings.PAUSE_RECHECK_SECONDS))
+
+    def record(self, session: Session) -> None:
+        """Commit every outcome, trying hard: some of these messages were accepted by the relay.
+
+        If the commit fails now (the database connection dropped while we talked
+        to SMTP), the rows would stay 'sending' and be sent again once their
+        lease ran out. So we retry on a fresh connection before giving up; only
+        a database that stays away longer than that leaves the duplicate window open.
+        """
+        if not self.changes:
+            session.commit()  # whatever the transport stored (the outbox's captured mail)
+            return
+        for attempt in range(RECORD_ATTEMPTS):
+            try:
+                self._write(session)
+                session.commit()
+            except DBAPIError as error:
+                session.rollback()
+                if attempt == RECORD_ATTEMPTS - 1:
+                    raise
+                log.warning("%d deliveries done but not yet recorded (%s); retrying",
+                            len(self.changes), error.__class__.__name__)
+                time.sleep(0.2 * 2 ** attempt)
+            else:
+                break
+        counts: dict[str, int] = {}
+        for delivery_id, result in self.results.items():
+            state = result.state.value if result.state else "skipped"
+            counts[state] = counts.get(state, 0) + 1
+            log.debug("delivery %s %s", delivery_id, state)
+        log.info("deliveries %s..%s: %s", self.claimed[0].id, self.claimed[-1].id,
+                 ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
+
+    def _write(self, session: Session) -> None:
+        # Rows with the same columns go in one executemany.
+        by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for delivery_id, values in self.changes.items():
+            by_columns.setdefault(tuple(sorted(values)), []).append({"id": delivery_id, **values})
+        for rows in by_columns.values():
+            session.execute(update(Delivery), rows)
+        for subscriber_id, error in self.reader_errors.items():
+            session.execute(update(Subscriber).where(Subscriber.id == subscriber_id)
+                            .values(last_delivery_error=error)
+                            .execution_options(synchronize_session=False))
+
+    def _set(self, delivery: ClaimedDelivery, state: DeliveryState, error: str | None,
+             retry_in: float | None = None, **values: Any) -> None:
+        self.results[delivery.id] = DeliveryResult(delivery.id, state, retry_in, error)
+        self.changes[delivery.id] = {"state": state, "last_error": error, "updated_at": utcnow(), **values}
+
+    def _note_reader_error(self, delivery: ClaimedDelivery, reply: str) -> None:
+        if delivery.subscriber_id is not None:
+            self.reader_errors[delivery.subscriber_id] = reply
 
 
 def reschedule_stalled(session: Session, settings: Settings, limit: int = 500) -> list[int]:
@@ -242,22 +381,3 @@ def reschedule_stalled(session: Session, settings: Settings, limit: int = 500) -
         )
         session.commit()
     return ids
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    results: list[DeliveryResult]
-    retries: list[tuple[int, float]]  # (delivery id, seconds until its next attempt)
-
-
-def deliver_many(session: Session, delivery_ids: list[int], transport: Transport, settings: Settings
-                 ) -> BatchResult:
-    """Send several deliveries over one transport (one SMTP connection)."""
-    results: list[DeliveryResult] = []
-    retries: list[tuple[int, float]] = []
-    for delivery_id in delivery_ids:
-        try:
-            results.append(deliver(session, delivery_id, transport, settings))
-        except RetryLater as later:
-            retries.append((delivery_id, later.countdown))
-    return BatchResult(results, retries)

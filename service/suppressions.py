@@ -8,6 +8,7 @@ is checked right before every send.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from datetime import datetime
 
 from sqlalchemy import select, update
@@ -26,6 +27,15 @@ def is_suppressed(session: Session, email: str) -> bool:
     return session.scalar(
         select(Suppression.id).where(Suppression.email_hash == address_hash(email))
     ) is not None
+
+
+def suppressed_addresses(session: Session, emails: Iterable[str]) -> set[str]:
+    """Those of ``emails`` that are on the list, in one query."""
+    by_hash = {address_hash(email): email for email in emails}
+    if not by_hash:
+        return set()
+    found = session.scalars(select(Suppression.email_hash).where(Suppression.email_hash.in_(by_hash)))
+    return {by_hash[digest] for digest in found}
 
 
 def suppress(session: Session, email: str, reason: SuppressionReason, detail: str | None = None

@@ -4,19 +4,45 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parseaddr
+from typing import Protocol
 
 from sqlalchemy import select
-from sqlalchemy.orm import joinedload, object_session
+from sqlalchemy.orm import Session
 
 from service import links
 from service.config import Settings
 from service.mail.message import OutgoingMessage, make_message_id
+from service.mail.personalise import (
+    ContentKey,
+    DigestCopies,
+    Reader,
+    content_key,
+    digest_context,
+    personal_fields,
+)
 from service.mail.rendering import RenderedEmail, render_email
-from service.models import Article, Delivery, DigestItem, Subscriber, SubscriptionStatus, Topic
+from service.models import (
+    Article,
+    DeliveryKind,
+    DigestItem,
+    Frequency,
+    Subscriber,
+    SubscriptionStatus,
+    Topic,
+)
+
+
+class LedgerEntry(Protocol):
+    """What composing needs of a delivery row (an ORM Delivery or a claimed row)."""
+
+    id: int
+    kind: DeliveryKind
+    period: str | None
+    created_at: datetime
 
 
 def list_unsubscribe_headers(subscriber_id: int) -> list[tuple[str, str]]:
@@ -28,7 +54,7 @@ def list_unsubscribe_headers(subscriber_id: int) -> list[tuple[str, str]]:
 
 
 def compose_confirmation(
-    delivery: Delivery, subscriber: Subscriber, settings: Settings, now: datetime
+    delivery: LedgerEntry, subscriber: Subscriber, settings: Settings, now: datetime
 ) -> OutgoingMessage:
     """The double opt-in email, listing the topics still waiting for confirmation."""
     pending = sorted(
@@ -49,7 +75,7 @@ def compose_confirmation(
     return _outgoing(delivery, subscriber, settings, now, rendered, settings.MAIL_FROM, [])
 
 
-def feedback_id_header(delivery: Delivery, settings: Settings) -> list[tuple[str, str]]:
+def feedback_id_header(delivery: LedgerEntry, settings: Settings) -> list[tuple[str, str]]:
     """Gmail's Feedback-ID (campaign:kind:sender), when FEEDBACK_ID_SENDER is set."""
     if not settings.FEEDBACK_ID_SENDER:
         return []
@@ -57,7 +83,7 @@ def feedback_id_header(delivery: Delivery, settings: Settings) -> list[tuple[str
     return [("Feedback-ID", f"{campaign}:{delivery.kind.value}:{settings.FEEDBACK_ID_SENDER}")]
 
 
-def stable_message_id(delivery: Delivery, settings: Settings) -> str:
+def stable_message_id(delivery: LedgerEntry, settings: Settings) -> str:
     """The same Message-ID on every attempt, so a duplicate can be recognised.
 
     It ends in an HMAC of the delivery, so a forged bounce cannot guess the
@@ -94,35 +120,59 @@ def digest_sections(pairs: Iterable[tuple[Topic, Article]]) -> list[DigestSectio
 def render_digest(subscriber: Subscriber, sections: list[DigestSection], settings: Settings
                   ) -> RenderedEmail:
     """The digest's subject, HTML and text for this subscriber."""
-    return render_email("digest", {
-        "name": subscriber.name,
-        "email": subscriber.email,
-        "sections": sections,
-        "article_count": sum(len(section.articles) for section in sections),
-        "publisher_name": settings.PUBLISHER_NAME,
-        "postal_address": settings.PUBLISHER_POSTAL_ADDRESS,
-        "frequency": subscriber.frequency.value,
-        "unsubscribe_url": links.unsubscribe_url(subscriber.id),
-        "preferences_url": links.preferences_url(subscriber.id),
-    })
+    return _render_digest(settings, subscriber.frequency, sections, personal_fields(_reader(subscriber)))
 
 
-def compose_digest(delivery: Delivery, subscriber: Subscriber, settings: Settings, now: datetime
-                   ) -> OutgoingMessage:
-    """The digest planned into this delivery's items."""
-    session = object_session(delivery)
-    assert session is not None
-    items = session.scalars(
-        select(DigestItem)
-        .options(joinedload(DigestItem.article), joinedload(DigestItem.topic))
-        .where(DigestItem.delivery_id == delivery.id)
-    ).all()
-    rendered = render_digest(subscriber, digest_sections((i.topic, i.article) for i in items), settings)
-    return _outgoing(delivery, subscriber, settings, now, rendered, settings.DIGEST_MAIL_FROM,
-                     [("List-Id", list_id(settings))])
+def _render_digest(settings: Settings, frequency: Frequency, sections: list[DigestSection],
+                   fields: Mapping[str, str]) -> RenderedEmail:
+    return render_email("digest", digest_context(settings, frequency, sections, fields))
 
 
-def _outgoing(delivery: Delivery, subscriber: Subscriber, settings: Settings, now: datetime,
+def _reader(subscriber: Subscriber) -> Reader:
+    return Reader(subscriber.id, subscriber.email, subscriber.name, subscriber.frequency)
+
+
+class DigestComposer:
+    """Composes the digests of one batch of deliveries: their items in one query,
+    each distinct content rendered once (see service.mail.personalise)."""
+
+    def __init__(self, session: Session, settings: Settings) -> None:
+        self._session = session
+        self._settings = settings
+        self._contents: dict[int, list[tuple[int, int]]] = {}
+        self.copies = DigestCopies(self._render_content)
+
+    def load(self, delivery_ids: Iterable[int]) -> None:
+        """Fetch the (topic, article) pairs planned into these deliveries."""
+        ids = list(delivery_ids)
+        if not ids:
+            return
+        for delivery_id, topic_id, article_id in self._session.execute(
+            select(DigestItem.delivery_id, DigestItem.topic_id, DigestItem.article_id)
+            .where(DigestItem.delivery_id.in_(ids))
+        ):
+            self._contents.setdefault(delivery_id, []).append((topic_id, article_id))
+
+    def compose(self, delivery: LedgerEntry, subscriber: Subscriber, now: datetime) -> OutgoingMessage:
+        reader = _reader(subscriber)
+        pairs = self._contents.pop(delivery.id, [])
+        rendered = self.copies.digest_for(reader, content_key(reader, pairs))
+        return _outgoing(delivery, subscriber, self._settings, now, rendered, self._settings.DIGEST_MAIL_FROM,
+                         [("List-Id", list_id(self._settings))])
+
+    def _render_content(self, reader: Reader, key: ContentKey, fields: Mapping[str, str]) -> RenderedEmail:
+        frequency, _, sections_key = key
+        topic_ids = [topic_id for topic_id, _ in sections_key]
+        article_ids = [article_id for _, ids in sections_key for article_id in ids]
+        topics = {t.id: t for t in self._session.scalars(select(Topic).where(Topic.id.in_(topic_ids)))}
+        articles = {a.id: a for a in self._session.scalars(
+            select(Article).where(Article.id.in_(article_ids)))}
+        sections = digest_sections((topics[topic_id], articles[article_id])
+                                   for topic_id, ids in sections_key for article_id in ids)
+        return _render_digest(self._settings, frequency, sections, fields)
+
+
+def _outgoing(delivery: LedgerEntry, subscriber: Subscriber, settings: Settings, now: datetime,
               rendered: RenderedEmail, mail_from: str, stream_headers: list[tuple[str, str]]
               ) -> OutgoingMessage:
     """The headers every message of ours carries, around a rendered email."""

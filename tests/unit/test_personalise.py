@@ -1,0 +1,88 @@
+"""Digests rendered once per content and personalised per reader (service.mail.personalise)."""
+
+from datetime import UTC, datetime, timedelta
+
+from jinja2 import Environment
+
+from service.config import get_settings
+from service.mail.compose import DigestSection, render_digest
+from service.mail.personalise import DigestCopies, Reader, content_key, digest_context
+from service.mail.rendering import RenderedEmail, render_email
+from service.models import Article, Frequency, Subscriber, Topic
+
+TOPICS = {1: Topic(id=1, slug="marvel-news", name="Marvel News", description=""),
+          2: Topic(id=2, slug="tv-news", name="TV <News> & more", description="")}
+ARTICLES = {n: Article(id=n, title=f"Story {n} <with> & 'quotes'", url=f"https://www.example.com/{n}?a=1&b=2",
+                       summary="Behind the scenes. " * 20, author="Tyler Pisapia",
+                       image_url=f"https://cdn.example.com/{n}.jpg",
+                       published_at=datetime(2026, 11, 24, 8, tzinfo=UTC) + timedelta(minutes=n))
+            for n in range(1, 7)}
+PAIRS = [(1, 1), (1, 2), (2, 3), (2, 4)]
+
+READERS = [
+    Reader(1, "peggy@example.com", "Peggy", Frequency.DAILY),
+    Reader(2, "o'brien+news@example.com", "Miles <O'Brien> & \"Keiko\"", Frequency.DAILY),
+    Reader(3, "anon@example.com", None, Frequency.DAILY),
+    Reader(4, "zoë@example.com", "Zoë Ünïcode", Frequency.DAILY),
+    Reader(5, "weekly@example.com", "Wanda", Frequency.WEEKLY),
+    Reader(6, "nameless@example.com", "", Frequency.DAILY),
+]
+
+
+def _sections(key) -> list[DigestSection]:
+    _, _, sections = key
+    return [DigestSection(TOPICS[topic_id], [ARTICLES[a] for a in article_ids])
+            for topic_id, article_ids in sections]
+
+
+def _render_with_templates(reader, key, fields) -> RenderedEmail:
+    settings = get_settings()
+    return render_email("digest", digest_context(settings, key[0], _sections(key), fields))
+
+
+def _slow(reader: Reader, key) -> RenderedEmail:
+    subscriber = Subscriber(id=reader.id, email=reader.email, name=reader.name, frequency=reader.frequency)
+    return render_digest(subscriber, _sections(key), get_settings())
+
+
+def test_every_copy_equals_the_digest_rendered_for_that_reader_alone(session):
+    copies = DigestCopies(_render_with_templates)
+    for _ in range(3):
+        for reader in READERS:
+            key = content_key(reader, PAIRS)
+            assert copies.digest_for(reader, key) == _slow(reader, key), reader
+
+
+def test_each_content_is_rendered_twice_in_all_however_many_readers_get_it(session):
+    copies = DigestCopies(_render_with_templates)
+    readers = [Reader(n, f"reader{n}@example.com", f"Reader {n}", Frequency.DAILY) for n in range(1, 201)]
+    for reader in readers:
+        copies.digest_for(reader, content_key(reader, PAIRS))
+    for reader in readers[:50]:
+        copies.digest_for(reader, content_key(reader, PAIRS[:2]))
+    # The first reader of each content the slow way, plus the template with placeholders.
+    assert copies.renders == 4
+
+
+def test_the_content_key_ignores_order_and_separates_what_differs():
+    peggy, anon = READERS[0], READERS[2]
+    assert content_key(peggy, PAIRS) == content_key(peggy, list(reversed(PAIRS)))
+    assert content_key(peggy, PAIRS) != content_key(peggy, PAIRS[:3])
+    assert content_key(peggy, PAIRS) != content_key(anon, PAIRS)  # {% if name %} may differ
+    assert content_key(peggy, PAIRS) != content_key(READERS[4], PAIRS)  # another frequency
+
+
+def test_a_template_that_transforms_a_personal_field_is_rendered_per_reader(session):
+    """{{ name|upper }} would not survive substitution: the check on the first reader notices."""
+    template = Environment(autoescape=True).from_string("Hello {{ name|upper }} <{{ email }}>")
+
+    def render(reader, key, fields) -> RenderedEmail:
+        text = template.render(name=fields["name"], email=fields["email"])
+        return RenderedEmail(subject="Digest", html=text, text=text)
+
+    copies = DigestCopies(render)
+    named = [reader for reader in READERS if reader.name]
+    results = [copies.digest_for(reader, content_key(reader, PAIRS)) for reader in named]
+    assert [r.text for r in results] == [
+        template.render(name=reader.name, email=reader.email) for reader in named]
+    assert copies.renders > len(named)  # no shortcut taken after the failed check
