@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint install bench
+.PHONY: run test lint install bench screenshots
 
 run: $(VENV)/.installed
 	$(BIN)/newsletter dev
@@ -13,6 +13,10 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m bench.fanout
+
+# Refresh docs/screenshots/ from the mail the templates send now (needs Debian's chromium).
+screenshots: $(VENV)/.installed
+	UPDATE_SCREENSHOTS=1 $(BIN)/pytest -q tests/browser/test_email_rendering.py
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -15,15 +15,18 @@ Results go to bench/results/ as JSON and Markdown.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import smtplib
 import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -54,33 +57,68 @@ def progress(message: str) -> None:
 
 
 class Sink:
-    def __init__(self) -> None:
+    """A counting SMTP sink in a subprocess: Postfix's C smtp-sink when installed, else bench/sink.py."""
+
+    def __init__(self, kind: str = "auto") -> None:
         self.port = free_port()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.sink", str(self.port)],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-        )
-        assert self.process.stdout is not None
-        assert self.process.stdout.readline().strip() == "ready"
+        binary = shutil.which("smtp-sink") or ("/usr/sbin/smtp-sink" if Path("/usr/sbin/smtp-sink").exists()
+                                               else None)
+        self.kind = "postfix" if kind == "auto" and binary else ("aiosmtpd" if kind == "auto" else kind)
+        if self.kind == "postfix":
+            if binary is None:
+                raise SystemExit("smtp-sink not found: apt-get install postfix, or use --sink aiosmtpd")
+            # -c prints "sess=N quit=N mesg=N" after each event; -u drops root.
+            command = [binary, "-c", "-u", "nobody", f"127.0.0.1:{self.port}", "1024"]
+            self.description = "Postfix smtp-sink (C)"
+        else:
+            command = [sys.executable, "-m", "bench.sink", str(self.port)]
+            self.description = "aiosmtpd (bench/sink.py)"
+        self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, bufsize=0)
         self.count = 0
+        self._offset = 0  # messages counted before the current measure (smtp-sink never resets)
+        self._latest = 0
+        self._lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+        self._wait_listening()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        pending = b""
+        while chunk := self.process.stdout.read(65536):
+            pending += chunk
+            *lines, pending = re.split(rb"[\r\n]", pending)
+            for line in reversed(lines):
+                match = re.search(rb"mesg=(\d+)", line) or re.fullmatch(rb"(\d+)", line.strip())
+                if match:
+                    with self._lock:
+                        self._latest = int(match.group(1))
+                    break
+
+    def _wait_listening(self) -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("the SMTP sink did not start")
+
+    def received(self) -> int:
+        with self._lock:
+            return self._latest
 
     def wait_for(self, total: int, timeout: float) -> None:
-        assert self.process.stdout is not None
         deadline = time.monotonic() + timeout
-        last_report = 0.0
-        while self.count < total:
-            line = self.process.stdout.readline()
-            if not line:
+        last_report = time.monotonic()
+        while (count := self.received()) < total:
+            if self.process.poll() is not None:
                 raise RuntimeError("the sink stopped")
-            self.count = int(line)
             if time.monotonic() - last_report > 5:
-                progress(f"  {self.count:,}/{total:,} messages at the sink")
+                progress(f"  {count:,}/{total:,} messages at the sink")
                 last_report = time.monotonic()
             if time.monotonic() > deadline:
-                raise RuntimeError(f"only {self.count} of {total} messages arrived in time")
+                raise RuntimeError(f"only {count} of {total} messages arrived in time")
+            time.sleep(0.02)
+        self.count = self.received()
 
     def stop(self) -> None:
         self.process.terminate()
@@ -190,6 +228,9 @@ def seed(app, subscribers: int) -> None:
             )
             db.session.commit()
             progress(f"  seeded {min(subscribers, start + chunk):,} readers")
+        # A production database has its statistics; without them the planner guesses.
+        db.session.execute(sa.text("ANALYZE"))
+        db.session.commit()
 
 
 def peak_rss_mb(processes: list[psutil.Process]) -> float:
@@ -239,29 +280,58 @@ def run_fanout(args: argparse.Namespace, sink: Sink) -> dict[str, float]:
         )
         for n in range(args.workers)
     ]
-    time.sleep(4)  # workers up
-    handles = [psutil.Process(w.pid) for w in workers]
-    sink.count = 0
-    before = sink.count
-    started = time.perf_counter()
-    with app.app_context():
-        planned = plan_and_publish(force=True, only=DigestFilter())
-    planning = time.perf_counter() - started
-    progress(f"  planned {planned:,} digests in {planning:.1f} s; sending")
-    sink.wait_for(before + planned, timeout=args.timeout)
-    total = time.perf_counter() - started
-    rss = peak_rss_mb(handles)
-    for worker in workers:
-        worker.terminate()
-    for worker in workers:
-        worker.wait()
+    try:
+        time.sleep(4)  # workers up
+        handles = [psutil.Process(w.pid) for w in workers]
+        before = sink.received()
+        cpu_before = cpu_by_role(handles, sink)
+        started = time.perf_counter()
+        with app.app_context():
+            planned = plan_and_publish(force=True, only=DigestFilter())
+        planning = time.perf_counter() - started
+        progress(f"  planned {planned:,} digests in {planning:.1f} s; sending")
+        sink.wait_for(before + planned, timeout=args.timeout)
+        total = time.perf_counter() - started
+        rss = peak_rss_mb(handles)
+        cpu_after = cpu_by_role(handles, sink)
+        cpu = {role: seconds - cpu_before.get(role, 0.0) for role, seconds in cpu_after.items()}
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.wait()
     return {
         "messages": planned,
         "seconds": total,
         "planning_seconds": planning,
         "messages_per_second": planned / total,
         "peak_rss_mb_per_worker_process": rss,
+        "cpu_seconds": cpu,
     }
+
+
+def cpu_by_role(workers: list[psutil.Process], sink: Sink) -> dict[str, float]:
+    """CPU seconds used so far by the workers, PostgreSQL, Redis, the sink and this (planning) process.
+
+    Their shares of the fan-out's CPU say where the time goes: our Python, the
+    database, the broker, or the SMTP server.
+    """
+    roles: dict[int, str] = {os.getpid(): "planner (this process)", sink.process.pid: "smtp sink"}
+    for worker in workers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for member in [worker, *worker.children(recursive=True)]:
+                roles[member.pid] = "workers"
+    totals: dict[str, float] = {}
+    for process in psutil.process_iter(["name"]):
+        name = process.info["name"] or ""
+        role = roles.get(process.pid) or ("postgresql" if name.startswith("postgres")
+                                         else "redis" if name.startswith("redis-server") else None)
+        if role is None:
+            continue
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            times = process.cpu_times()
+            totals[role] = totals.get(role, 0.0) + times.user + times.system
+    return totals
 
 
 def run_naive(args: argparse.Namespace, sink: Sink, count: int) -> dict[str, float]:
@@ -288,7 +358,7 @@ def run_naive(args: argparse.Namespace, sink: Sink, count: int) -> dict[str, flo
             )
             for n in range(20)
         ]
-        before = sink.count
+        before = sink.received()
         started = time.perf_counter()
         for n in range(count):
             reader = Subscriber(id=n + 1, email=f"naive{n}@example.com", name=None, frequency=Frequency.DAILY)
@@ -315,7 +385,7 @@ def run_smtp_source(sink: Sink, count: int) -> dict[str, float] | None:
     )
     if binary is None:
         return None
-    before = sink.count
+    before = sink.received()
     started = time.perf_counter()
     subprocess.run(
         [
@@ -339,6 +409,16 @@ def run_smtp_source(sink: Sink, count: int) -> dict[str, float] | None:
     return {"messages": count, "seconds": seconds, "messages_per_second": count / seconds}
 
 
+def cpu_share(runs: list[dict]) -> dict[str, float]:
+    """Each role's share of all the CPU the fan-outs used, in percent."""
+    totals: dict[str, float] = {}
+    for run in runs:
+        for role, seconds in run["cpu_seconds"].items():
+            totals[role] = totals.get(role, 0.0) + seconds
+    whole = sum(totals.values()) or 1.0
+    return {role: round(100 * seconds / whole, 1) for role, seconds in sorted(totals.items())}
+
+
 def summarise(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -354,6 +434,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500, help="DIGEST_BATCH_SIZE")
     parser.add_argument("--baseline", type=int, default=1000, help="messages for the naive baseline")
     parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--sink", choices=("auto", "postfix", "aiosmtpd"), default="auto",
+                        help="Postfix's smtp-sink when installed (auto), or the aiosmtpd sink")
     parser.add_argument(
         "--database-url",
         default=os.environ.get(
@@ -363,7 +445,7 @@ def main() -> None:
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/8"))
     args = parser.parse_args()
 
-    sink = Sink()
+    sink = Sink(args.sink)
     try:
         runs = []
         for n in range(args.runs):
@@ -384,7 +466,7 @@ def main() -> None:
             "python": platform.python_version(),
             "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         },
-        "sink": "aiosmtpd (bench/sink.py)",
+        "sink": sink.description,
         "settings": {k: getattr(args, k) for k in ("subscribers", "runs", "workers", "concurrency", "batch")},
         "fanout_messages_per_second": summarise([r["messages_per_second"] for r in runs]),
         "fanout_seconds": summarise([r["seconds"] for r in runs]),
@@ -392,6 +474,7 @@ def main() -> None:
         "peak_rss_mb_per_worker_process": max(r["peak_rss_mb_per_worker_process"] for r in runs),
         "naive_baseline_messages_per_second": naive["messages_per_second"],
         "smtp_source_messages_per_second": source["messages_per_second"] if source else None,
+        "cpu_share": cpu_share(runs),
         "runs": runs,
     }
     write(result)
@@ -422,6 +505,9 @@ def write(result: dict) -> None:
             f"| naive baseline (EmailMessage + smtplib), messages/s | "
             f"{result['naive_baseline_messages_per_second']:.0f} | | |",
             f"| C smtp-source to the same sink, messages/s | {source_text} | | |",
+            "",
+            "CPU share of the fan-out: "
+            + ", ".join(f"{role} {share:.0f}%" for role, share in result["cpu_share"].items()),
             "",
         ]
     )

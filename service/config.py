@@ -81,6 +81,7 @@ class Settings:
     DIGEST_MAX_ARTICLES_PER_TOPIC: int
     DIGEST_MAX_ARTICLES: int
     DIGEST_BATCH_SIZE: int
+    DIGEST_PLAN_BATCH_SIZE: int
     DIGEST_SCHEDULE_SECONDS: float
     PUBLISHER_NAME: str
     PUBLISHER_POSTAL_ADDRESS: str
@@ -200,6 +201,7 @@ def load_settings(environ: Mapping[str, str], instance_path: Path) -> Settings:
         DIGEST_MAX_ARTICLES_PER_TOPIC=env.int("DIGEST_MAX_ARTICLES_PER_TOPIC", 8),
         DIGEST_MAX_ARTICLES=env.int("DIGEST_MAX_ARTICLES", 30),
         DIGEST_BATCH_SIZE=env.int("DIGEST_BATCH_SIZE", 500),
+        DIGEST_PLAN_BATCH_SIZE=env.int_range("DIGEST_PLAN_BATCH_SIZE", 5000, 1, 100_000),
         DIGEST_SCHEDULE_SECONDS=env.float("DIGEST_SCHEDULE_SECONDS", 300.0),
         PUBLISHER_NAME=env.str("PUBLISHER_NAME") or parseaddr(mail_from)[0] or "Newsletter",
         PUBLISHER_POSTAL_ADDRESS=env.str("PUBLISHER_POSTAL_ADDRESS") or "",

@@ -15,13 +15,13 @@ grow with the number of subscribers.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, and_, exists, func, literal, select, update
+from sqlalchemy import CTE, ColumnElement, Select, Subquery, and_, exists, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from service.config import Settings
 from service.mail.compose import digest_sections, render_digest
@@ -83,46 +83,60 @@ def plan_digests(session: Session, settings: Settings, now: datetime | None = No
                                 settings.DIGEST_WEEKLY_DAY)
         if not (period.due or force):
             continue
+        group = _reader_group(timezone, frequency, only)
         after = 0
         while True:
-            batch_ids = _next_subscriber_batch(session, timezone, frequency, only, after,
-                                               settings.DIGEST_BATCH_SIZE)
+            batch_ids = _next_subscriber_batch(session, group, after, settings.DIGEST_PLAN_BATCH_SIZE)
             if not batch_ids:
                 break
+            readers = and_(group, Subscriber.id > after, Subscriber.id <= batch_ids[-1])
             after = batch_ids[-1]
-            delivery_ids = _plan_batch(session, settings, batch_ids, period.key, now)
+            delivery_ids = _plan_batch(session, settings, readers, period.key, now)
             session.commit()
             yield PlannedBatch(period.key, len(batch_ids), delivery_ids)
 
 
-def digest_selection(settings: Settings, subscriber_ids: Sequence[int], cutoff: datetime) -> Select:
-    """(subscriber_id, article_id, topic_id, published_at) of what each subscriber would get now."""
+def digest_selection(settings: Settings, readers: ColumnElement[bool], cutoff: datetime) -> Select:
+    """(subscriber_id, article_id, topic_id, published_at) of what each subscriber would get now.
+
+    ``readers`` picks the subscribers, e.g. ``Subscriber.id == 7`` or a planning batch.
+    """
+    batch = readers
+    # The articles of each topic that anyone in the batch could still get: a few
+    # dozen rows, found once per batch rather than through the tags per reader.
+    oldest_start = select(func.min(func.coalesce(Subscriber.digest_since, Subscriber.confirmed_at))) \
+        .where(batch).scalar_subquery()
+    candidates = (
+        select(topic_tags.c.topic_id, Article.id.label("article_id"), Article.published_at)
+        .join(Topic, and_(Topic.id == topic_tags.c.topic_id, Topic.retired_at.is_(None)))
+        .join(article_tags, article_tags.c.tag_id == topic_tags.c.tag_id)
+        .join(Article, Article.id == article_tags.c.article_id)
+        .where(Article.published_at <= cutoff, Article.published_at > oldest_start)
+        .distinct()
+        .cte("candidates")
+    )
     matches = (
         select(
             Subscriber.id.label("subscriber_id"),
-            Article.id.label("article_id"),
+            candidates.c.article_id,
             # An article in several of a reader's topics is shown once, under one of them.
             func.min(Subscription.topic_id).label("topic_id"),
-            Article.published_at.label("published_at"),
+            candidates.c.published_at,
         )
         .select_from(Subscriber)
         .join(Subscription, and_(Subscription.subscriber_id == Subscriber.id,
                                  Subscription.status == SubscriptionStatus.CONFIRMED))
-        .join(Topic, and_(Topic.id == Subscription.topic_id, Topic.retired_at.is_(None)))
-        .join(topic_tags, topic_tags.c.topic_id == Subscription.topic_id)
-        .join(article_tags, article_tags.c.tag_id == topic_tags.c.tag_id)
-        .join(Article, Article.id == article_tags.c.article_id)
+        .join(candidates, candidates.c.topic_id == Subscription.topic_id)
         .where(
-            Subscriber.id.in_(subscriber_ids),
+            batch,
             Subscriber.status == SubscriberStatus.CONFIRMED,
             Subscriber.suppressed_at.is_(None),
-            Article.published_at > func.coalesce(Subscriber.digest_since, Subscriber.confirmed_at),
-            Article.published_at >= Subscription.confirmed_at,
-            Article.published_at <= cutoff,
+            candidates.c.published_at > func.coalesce(Subscriber.digest_since, Subscriber.confirmed_at),
+            candidates.c.published_at >= Subscription.confirmed_at,
             ~exists().where(DigestItem.subscriber_id == Subscriber.id,
-                            DigestItem.article_id == Article.id),
+                            DigestItem.article_id == candidates.c.article_id),
         )
-        .group_by(Subscriber.id, Article.id, Article.published_at)
+        .group_by(Subscriber.id, candidates.c.article_id, candidates.c.published_at)
         .cte("matches")
     )
     newest_first = (matches.c.published_at.desc(), matches.c.article_id.desc())
@@ -142,41 +156,82 @@ def digest_selection(settings: Settings, subscriber_ids: Sequence[int], cutoff: 
                   overall.c.published_at).where(overall.c.overall_rank <= settings.DIGEST_MAX_ARTICLES)
 
 
-def _next_subscriber_batch(session: Session, timezone: str, frequency: Frequency, only: DigestFilter,
-                           after: int, size: int) -> list[int]:
-    query = (
-        select(Subscriber.id)
-        .where(Subscriber.status == SubscriberStatus.CONFIRMED, Subscriber.suppressed_at.is_(None),
-               Subscriber.timezone == timezone, Subscriber.frequency == frequency, Subscriber.id > after)
-        .order_by(Subscriber.id)
-        .limit(size)
-    )
-    if only.topic_id is not None:
-        query = query.where(exists().where(
-            Subscription.subscriber_id == Subscriber.id, Subscription.topic_id == only.topic_id,
-            Subscription.status == SubscriptionStatus.CONFIRMED))
-    return list(session.scalars(query))
+def _reader_group(timezone: str, frequency: Frequency, only: DigestFilter) -> ColumnElement[bool]:
+    """The confirmed readers of one time zone and frequency (and topic, when given)."""
+    group = and_(Subscriber.status == SubscriberStatus.CONFIRMED, Subscriber.suppressed_at.is_(None),
+                 Subscriber.timezone == timezone, Subscriber.frequency == frequency)
+    if only.topic_id is None:
+        return group
+    # An alias, so the selection's own join to subscriptions does not swallow this subquery's.
+    of_topic = aliased(Subscription)
+    return and_(group, exists().where(
+        of_topic.subscriber_id == Subscriber.id, of_topic.topic_id == only.topic_id,
+        of_topic.status == SubscriptionStatus.CONFIRMED))
 
 
-def _plan_batch(session: Session, settings: Settings, subscriber_ids: list[int], period: str,
+def _next_subscriber_batch(session: Session, group: ColumnElement[bool], after: int, size: int) -> list[int]:
+    return list(session.scalars(
+        select(Subscriber.id).where(group, Subscriber.id > after).order_by(Subscriber.id).limit(size)))
+
+
+def _plan_batch(session: Session, settings: Settings, readers: ColumnElement[bool], period: str,
                 now: datetime) -> list[int]:
-    selection = digest_selection(settings, subscriber_ids, now).subquery("selection")
-    insert = _insert_ignoring_conflicts(session)
+    """Plan one batch: its deliveries and their items; returns the new deliveries' ids.
 
-    # One delivery per subscriber with something new; the unique key makes a
-    # second planning of the same period (a duplicate beat) a no-op.
-    new_deliveries = select(
+    One delivery per subscriber with something new; the unique key makes a
+    second planning of the same period (a duplicate beat) a no-op.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        return _plan_batch_in_one_statement(session, settings, readers, period, now)
+    return _plan_batch_in_steps(session, settings, readers, period, now)
+
+
+_DELIVERY_COLUMNS = ["kind", "subscriber_id", "period", "state", "attempts", "created_at", "updated_at",
+                     "next_attempt_at"]
+_ITEM_COLUMNS = ["delivery_id", "subscriber_id", "article_id", "topic_id"]
+
+
+def _new_delivery_rows(selection: Subquery | CTE, period: str, now: datetime) -> Select:
+    return select(
         literal(DeliveryKind.DIGEST.value), selection.c.subscriber_id, literal(period),
         literal(DeliveryState.QUEUED.value), literal(0), literal(now, Delivery.created_at.type),
         literal(now, Delivery.updated_at.type), literal(now, Delivery.next_attempt_at.type),
     ).where(selection.c.subscriber_id.is_not(None)).distinct()  # SQLite needs a WHERE before ON CONFLICT
-    session.execute(insert(Delivery).from_select(
-        ["kind", "subscriber_id", "period", "state", "attempts", "created_at", "updated_at",
-         "next_attempt_at"], new_deliveries,
-    ).on_conflict_do_nothing())
 
-    # Items only for deliveries that have none yet, i.e. the ones just created: an
-    # older delivery of this period may already be on its way.
+
+def _plan_batch_in_one_statement(session: Session, settings: Settings, readers: ColumnElement[bool],
+                                 period: str, now: datetime) -> list[int]:
+    """PostgreSQL: the selection is computed once and feeds the deliveries, their items and the
+    readers' digest_since, in one statement (data-modifying CTEs)."""
+    selection = digest_selection(settings, readers, now).cte("selection")
+    new_deliveries = (
+        postgresql.insert(Delivery).from_select(_DELIVERY_COLUMNS, _new_delivery_rows(selection, period, now))
+        .on_conflict_do_nothing()
+        .returning(Delivery.id, Delivery.subscriber_id)
+        .cte("new_deliveries")
+    )
+    # Items only for the deliveries just created: an older delivery of this period may be on its way.
+    new_items = postgresql.insert(DigestItem).from_select(_ITEM_COLUMNS, select(
+        new_deliveries.c.id, selection.c.subscriber_id, selection.c.article_id, selection.c.topic_id,
+    ).join(new_deliveries, new_deliveries.c.subscriber_id == selection.c.subscriber_id)
+    ).on_conflict_do_nothing().cte("new_items")
+    readers_planned = (
+        update(Subscriber)
+        .where(Subscriber.id.in_(select(new_deliveries.c.subscriber_id)))
+        .values(digest_since=now)
+        .cte("readers_planned")
+    )
+    return list(session.scalars(
+        select(new_deliveries.c.id).order_by(new_deliveries.c.id).add_cte(new_items, readers_planned)))
+
+
+def _plan_batch_in_steps(session: Session, settings: Settings, readers: ColumnElement[bool], period: str,
+                         now: datetime) -> list[int]:
+    """SQLite (no data-modifying CTEs): deliveries, then items, then digest_since."""
+    selection = digest_selection(settings, readers, now).subquery("selection")
+    session.execute(sqlite.insert(Delivery).from_select(
+        _DELIVERY_COLUMNS, _new_delivery_rows(selection, period, now)).on_conflict_do_nothing())
+
     delivery = Delivery.__table__
     items = (
         select(delivery.c.id, selection.c.subscriber_id, selection.c.article_id, selection.c.topic_id)
@@ -185,14 +240,12 @@ def _plan_batch(session: Session, settings: Settings, subscriber_ids: list[int],
                              delivery.c.period == period))
         .where(~exists().where(DigestItem.delivery_id == delivery.c.id))
     )
-    session.execute(insert(DigestItem).from_select(
-        ["delivery_id", "subscriber_id", "article_id", "topic_id"], items,
-    ).on_conflict_do_nothing())
+    session.execute(sqlite.insert(DigestItem).from_select(_ITEM_COLUMNS, items).on_conflict_do_nothing())
 
     planned_now = list(session.scalars(
         select(Delivery.id).where(
-            Delivery.subscriber_id.in_(subscriber_ids), Delivery.kind == DeliveryKind.DIGEST,
-            Delivery.period == period, Delivery.created_at == now,
+            Delivery.subscriber_id.in_(select(Subscriber.id).where(readers)),
+            Delivery.kind == DeliveryKind.DIGEST, Delivery.period == period, Delivery.created_at == now,
         ).order_by(Delivery.id)
     ))
     if planned_now:
@@ -205,19 +258,13 @@ def _plan_batch(session: Session, settings: Settings, subscriber_ids: list[int],
     return planned_now
 
 
-def _insert_ignoring_conflicts(session: Session):  # type: ignore[no-untyped-def]
-    """The dialect's INSERT, which knows ON CONFLICT DO NOTHING (PostgreSQL and SQLite)."""
-    dialect = session.get_bind().dialect.name
-    return postgresql.insert if dialect == "postgresql" else sqlite.insert
-
-
 def preview_digest(session: Session, settings: Settings, subscriber: Subscriber,
                    now: datetime | None = None) -> RenderedEmail | None:
     """What this subscriber's digest would hold if planned now; None if nothing is new.
 
     Reads only: nothing is planned, sent or marked as received.
     """
-    rows = session.execute(digest_selection(settings, [subscriber.id], now or utcnow())).all()
+    rows = session.execute(digest_selection(settings, Subscriber.id == subscriber.id, now or utcnow())).all()
     if not rows:
         return None
     articles = {a.id: a for a in session.scalars(

@@ -6,13 +6,16 @@ SMTP server. Their HTML parts are opened at a desktop and a phone width and
 checked the way a person would look at them: the links go where they should,
 the footer's preferences and unsubscribe links are there to see, the photos
 load, the preheader stays hidden and nothing is wider than a phone's screen.
-The screenshots are written to docs/screenshots/ (shown in docs/emails.md), so
-they always show what the current templates send.
+The screenshots go to the test's temporary folder; with UPDATE_SCREENSHOTS=1
+(`make screenshots`) to docs/screenshots/ (shown in docs/emails.md) instead, so
+a plain test run leaves the working tree alone.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -141,13 +144,21 @@ def _check_reads_well(page: Page, device: str, mail: ReceivedMessage) -> None:
     assert max(overflow) <= width, f"{device}: the email is {max(overflow)}px wide in a {width}px window"
 
 
-def _screenshot(page: Page, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=SCREENSHOTS / f"{name}.png", full_page=True)
+@pytest.fixture
+def screenshots(tmp_path: Path, stack) -> Path:
+    # The docs show the PostgreSQL stack's run; the same mail goes out on both.
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1" and stack.name == "postgres":
+        return SCREENSHOTS
+    return tmp_path
+
+
+def _screenshot(page: Page, folder: Path, name: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=folder / f"{name}.png", full_page=True)
 
 
 def test_the_confirmation_and_the_digest_read_well_on_desktop_and_phone(
-        browser: Browser, client, api, smtp, worker):
+        browser: Browser, client, api, smtp, worker, screenshots):
     confirmation, digest = _mail_that_arrived(client, api, smtp)
     confirm_url = confirmation.link("confirm")
     assert confirm_url.startswith(f"{PUBLIC_BASE_URL}/confirm/")
@@ -166,7 +177,7 @@ def test_the_confirmation_and_the_digest_read_well_on_desktop_and_phone(
             confirm_url, confirmation.link("preferences"), confirmation.link("unsubscribe")}
         _check_reads_well(page, device, confirmation)
         assert requested == []  # no tracking pixel, no web font: the email loads nothing
-        _screenshot(page, f"confirmation-{device}")
+        _screenshot(page, screenshots, f"confirmation-{device}")
         page.context.close()
 
     for device in DEVICES:
@@ -193,5 +204,5 @@ def test_the_confirmation_and_the_digest_read_well_on_desktop_and_phone(
         assert {href for _, href in _links(page)} - footer_links == {story.url for story in STORIES}
         _check_reads_well(page, device, digest)
         assert sorted(requested) == sorted(PICTURES)  # the photos, and nothing else
-        _screenshot(page, f"digest-{device}")
+        _screenshot(page, screenshots, f"digest-{device}")
         page.context.close()

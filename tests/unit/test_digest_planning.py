@@ -223,7 +223,7 @@ def test_send_now_can_be_limited_to_a_frequency_or_a_topic(session, settings):
 
 
 def test_planning_walks_subscribers_in_batches(session, settings):
-    small_batches = dataclasses.replace(settings, DIGEST_BATCH_SIZE=2)
+    small_batches = dataclasses.replace(settings, DIGEST_PLAN_BATCH_SIZE=2)
     for n in range(5):
         reader(session, f"reader{n}@example.com", ["marvel-news"])
     article(session, "News", ["marvel"], CONFIRMED + timedelta(hours=1))
