@@ -16,6 +16,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import parseaddr
+from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -109,7 +110,7 @@ class Settings:
         """True when mail is stored for /outbox instead of sent over SMTP."""
         return self.SMTP_HOST is None
 
-    @property
+    @cached_property
     def mail_domain(self) -> str:
         """The domain of MAIL_FROM, used for Message-IDs."""
         return parseaddr(self.MAIL_FROM)[1].rpartition("@")[2]

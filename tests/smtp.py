@@ -58,6 +58,13 @@ class _RecordingHandler:
         self.permanent_failures: set[str] = set()
         self.attempts: dict[str, int] = {}
 
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        # Offer PIPELINING (RFC 2920) as Postfix and most relays do, so the tests
+        # go through the client's pipelined path. aiosmtpd reads commands one by one.
+        session.host_name = hostname
+        *extensions, last = responses  # the last line ("250 HELP") ends the reply
+        return [*extensions, "250-PIPELINING", last]
+
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         with self.lock:
             self.attempts[address] = self.attempts.get(address, 0) + 1

@@ -45,10 +45,13 @@ class LedgerEntry(Protocol):
     created_at: datetime
 
 
-def list_unsubscribe_headers(subscriber_id: int) -> list[tuple[str, str]]:
-    """RFC 8058 one-click unsubscribe: one HTTPS URL in angle brackets, plus the POST hint."""
+def list_unsubscribe_headers(subscriber_id: int, url: str | None = None) -> list[tuple[str, str]]:
+    """RFC 8058 one-click unsubscribe: one HTTPS URL in angle brackets, plus the POST hint.
+
+    ``url`` is the reader's unsubscribe link when the caller has it already (signing one costs).
+    """
     return [
-        ("List-Unsubscribe", f"<{links.unsubscribe_url(subscriber_id)}>"),
+        ("List-Unsubscribe", f"<{url or links.unsubscribe_url(subscriber_id)}>"),
         ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
     ]
 
@@ -156,9 +159,10 @@ class DigestComposer:
     def compose(self, delivery: LedgerEntry, subscriber: Subscriber, now: datetime) -> OutgoingMessage:
         reader = _reader(subscriber)
         pairs = self._contents.pop(delivery.id, [])
-        rendered = self.copies.digest_for(reader, content_key(reader, pairs))
+        fields = personal_fields(reader)
+        rendered = self.copies.digest_for(reader, content_key(reader, pairs), fields)
         return _outgoing(delivery, subscriber, self._settings, now, rendered, self._settings.DIGEST_MAIL_FROM,
-                         [("List-Id", list_id(self._settings))])
+                         [("List-Id", list_id(self._settings))], fields["unsubscribe_url"])
 
     def _render_content(self, reader: Reader, key: ContentKey, fields: Mapping[str, str]) -> RenderedEmail:
         frequency, _, sections_key = key
@@ -173,8 +177,8 @@ class DigestComposer:
 
 
 def _outgoing(delivery: LedgerEntry, subscriber: Subscriber, settings: Settings, now: datetime,
-              rendered: RenderedEmail, mail_from: str, stream_headers: list[tuple[str, str]]
-              ) -> OutgoingMessage:
+              rendered: RenderedEmail, mail_from: str, stream_headers: list[tuple[str, str]],
+              unsubscribe_url: str | None = None) -> OutgoingMessage:
     """The headers every message of ours carries, around a rendered email."""
     return OutgoingMessage(
         mail_from=mail_from,
@@ -185,7 +189,7 @@ def _outgoing(delivery: LedgerEntry, subscriber: Subscriber, settings: Settings,
         message_id=stable_message_id(delivery, settings),
         date=now,
         extra_headers=(
-            *list_unsubscribe_headers(subscriber.id),
+            *list_unsubscribe_headers(subscriber.id, unsubscribe_url),
             *stream_headers,
             ("Auto-Submitted", "auto-generated"),
             *feedback_id_header(delivery, settings),

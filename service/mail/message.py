@@ -10,12 +10,14 @@ quoted-printable, with CRLF line endings.
 from __future__ import annotations
 
 import binascii
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr, parseaddr
+from functools import lru_cache
 
 CRLF = b"\r\n"
 # A header line may not exceed 998 bytes (RFC 5322); longer subjects are folded.
@@ -37,7 +39,7 @@ class OutgoingMessage:
 
     @property
     def envelope_from(self) -> str:
-        return parseaddr(self.mail_from)[1]
+        return mailbox_parts(self.mail_from)[1]
 
 
 def make_message_id(domain: str, key: str | None = None) -> str:
@@ -92,8 +94,35 @@ def _text_header(value: str) -> str:
     return Header(value, "utf-8").encode(linesep="\r\n")
 
 
-def _address_header(value: str) -> str:
-    name, address = parseaddr(value)
+# A plain addr-spec, as our subscribers' addresses are: nothing to parse.
+_BARE_ADDRESS = re.compile(r"[^\s<>\"(),;:\\\[\]@]+@[^\s<>\"(),;:\\\[\]@]+")
+
+
+def mailbox_parts(value: str) -> tuple[str, str]:
+    """(display name, address) of a mailbox, as email.utils.parseaddr gives them.
+
+    The stdlib's parser costs more than the rest of a message's headers; a bare
+    address skips it, and the few sender mailboxes are parsed once.
+    """
+    if _BARE_ADDRESS.fullmatch(value):
+        return "", value
+    return _parse_mailbox(value)
+
+
+@lru_cache(maxsize=64)
+def _parse_mailbox(value: str) -> tuple[str, str]:
+    return parseaddr(value)
+
+
+@lru_cache(maxsize=64)
+def _sender_header(value: str) -> str:
+    name, address = mailbox_parts(value)
     if not address:
         raise ValueError(f"not an address: {value!r}")
     return formataddr((name, address), charset="utf-8") if name else address
+
+
+def _address_header(value: str) -> str:
+    if _BARE_ADDRESS.fullmatch(value):
+        return value
+    return _sender_header(value)

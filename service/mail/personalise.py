@@ -130,11 +130,13 @@ class DigestCopies:
         self._templates: dict[ContentKey, _Template | None] = {}
         self.renders = 0  # slow-path renders, for the benchmark and the tests
 
-    def digest_for(self, reader: Reader, key: ContentKey) -> RenderedEmail:
+    def digest_for(self, reader: Reader, key: ContentKey, fields: Mapping[str, str] | None = None
+                   ) -> RenderedEmail:
+        """The digest of this content for this reader; ``fields`` are their personal_fields, if at hand."""
         if key not in self._templates:
             self._templates[key] = self._template_for(reader, key)
         template = self._templates[key]
-        fields = personal_fields(reader)
+        fields = fields or personal_fields(reader)
         if template is None:
             return self._slow(reader, key, fields)
         return template.fill(fields)
