@@ -196,7 +196,7 @@ def _digest_items(session: Session, subscriber_id: int) -> list[dict[str, Any]]:
         .join(Topic, DigestItem.topic_id == Topic.id)
         .join(Delivery, DigestItem.delivery_id == Delivery.id)
         .where(DigestItem.subscriber_id == subscriber_id)
-        .order_by(Delivery.created_at, Article.published_at.desc(), DigestItem.id)
+        .order_by(Delivery.created_at, Article.published_at.desc(), DigestItem.article_id)
     )
     return [
         {"title": title, "url": url, "published_at": _iso(published_at), "topic": slug, "digest": period}
