@@ -136,6 +136,7 @@ def environment(args: argparse.Namespace, smtp_port: int) -> dict[str, str]:
         "MAIL_FROM": "Marvel News <news@example.com>",
         "PUBLIC_BASE_URL": "https://newsletter.example.com",
         "DIGEST_BATCH_SIZE": str(args.batch),
+        "DELIVERY_GROUP_SIZE": str(args.group),
         "DIGEST_MAX_ARTICLES": "20",
         "SEED_DEMO_TOPICS": "false",
         "LOG_LEVEL": "WARNING",
@@ -293,8 +294,7 @@ def run_fanout(args: argparse.Namespace, sink: Sink) -> dict[str, float]:
         sink.wait_for(before + planned, timeout=args.timeout)
         total = time.perf_counter() - started
         rss = peak_rss_mb(handles)
-        cpu_after = cpu_by_role(handles, sink)
-        cpu = {role: seconds - cpu_before.get(role, 0.0) for role, seconds in cpu_after.items()}
+        cpu = cpu_used_between(cpu_before, cpu_by_role(handles, sink))
     finally:
         for worker in workers:
             worker.terminate()
@@ -310,8 +310,9 @@ def run_fanout(args: argparse.Namespace, sink: Sink) -> dict[str, float]:
     }
 
 
-def cpu_by_role(workers: list[psutil.Process], sink: Sink) -> dict[str, float]:
-    """CPU seconds used so far by the workers, PostgreSQL, Redis, the sink and this (planning) process.
+def cpu_by_role(workers: list[psutil.Process], sink: Sink) -> dict[int, tuple[str, float]]:
+    """CPU seconds used so far by each process of the workers, PostgreSQL, Redis, the sink and
+    this (planning) process: pid -> (role, seconds).
 
     Their shares of the fan-out's CPU say where the time goes: our Python, the
     database, the broker, or the SMTP server.
@@ -321,7 +322,7 @@ def cpu_by_role(workers: list[psutil.Process], sink: Sink) -> dict[str, float]:
         with contextlib.suppress(psutil.NoSuchProcess):
             for member in [worker, *worker.children(recursive=True)]:
                 roles[member.pid] = "workers"
-    totals: dict[str, float] = {}
+    used: dict[int, tuple[str, float]] = {}
     for process in psutil.process_iter(["name"]):
         name = process.info["name"] or ""
         role = roles.get(process.pid) or ("postgresql" if name.startswith("postgres")
@@ -330,8 +331,45 @@ def cpu_by_role(workers: list[psutil.Process], sink: Sink) -> dict[str, float]:
             continue
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             times = process.cpu_times()
-            totals[role] = totals.get(role, 0.0) + times.user + times.system
+            used[process.pid] = (role, times.user + times.system)
+    return used
+
+
+def cpu_used_between(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+                     ) -> dict[str, float]:
+    """CPU seconds per role between two readings (processes that ended meanwhile are not counted)."""
+    totals: dict[str, float] = {}
+    for pid, (role, seconds) in after.items():
+        earlier = before.get(pid)
+        spent = seconds - earlier[1] if earlier and earlier[0] == role else seconds
+        totals[role] = totals.get(role, 0.0) + max(0.0, spent)
     return totals
+
+
+def run_planning_alone(args: argparse.Namespace, sink: Sink) -> float:
+    """Seconds to plan every reader's digest with nothing else running: the set-based SQL alone."""
+    from service import create_app
+    from service.config import get_settings
+    from service.digests import plan_digests
+    from service.extensions import db
+
+    app = create_app(environment(args, sink.port))
+    with app.app_context():
+        db.session.execute(sa.text("DELETE FROM digest_items"))
+        db.session.execute(sa.text("DELETE FROM deliveries"))
+        db.session.execute(sa.text("UPDATE subscribers SET digest_since = confirmed_at"))
+        db.session.commit()
+    engine = sa.create_engine(args.database_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(sa.text("VACUUM ANALYZE"))
+    engine.dispose()
+    with app.app_context():
+        started = time.perf_counter()
+        batches = plan_digests(db.session, get_settings(), force=True)
+        planned = sum(len(batch.delivery_ids) for batch in batches)
+        seconds = time.perf_counter() - started
+    assert planned == args.subscribers, f"planned {planned} of {args.subscribers}"
+    return seconds
 
 
 def run_naive(args: argparse.Namespace, sink: Sink, count: int) -> dict[str, float]:
@@ -432,6 +470,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="worker processes (Procfile: one)")
     parser.add_argument("--concurrency", type=int, default=2, help="pool size per worker (Procfile: 2)")
     parser.add_argument("--batch", type=int, default=500, help="DIGEST_BATCH_SIZE")
+    parser.add_argument("--group", type=int, default=50, help="DELIVERY_GROUP_SIZE")
     parser.add_argument("--baseline", type=int, default=1000, help="messages for the naive baseline")
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--sink", choices=("auto", "postfix", "aiosmtpd"), default="auto",
@@ -452,6 +491,9 @@ def main() -> None:
             progress(f"run {n + 1}/{args.runs}: {args.subscribers:,} readers")
             runs.append(run_fanout(args, sink))
             progress(f"  {runs[-1]['messages_per_second']:.0f} messages/s")
+        progress("planning alone, nothing else running")
+        planning_alone = run_planning_alone(args, sink)
+        progress(f"  {args.subscribers:,} readers planned in {planning_alone:.1f} s")
         progress(f"naive baseline: {args.baseline:,} messages")
         naive = run_naive(args, sink, min(args.baseline, args.subscribers))
         progress(f"  {naive['messages_per_second']:.0f} messages/s")
@@ -467,10 +509,12 @@ def main() -> None:
             "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         },
         "sink": sink.description,
-        "settings": {k: getattr(args, k) for k in ("subscribers", "runs", "workers", "concurrency", "batch")},
+        "settings": {k: getattr(args, k)
+                     for k in ("subscribers", "runs", "workers", "concurrency", "batch", "group")},
         "fanout_messages_per_second": summarise([r["messages_per_second"] for r in runs]),
         "fanout_seconds": summarise([r["seconds"] for r in runs]),
         "planning_seconds": summarise([r["planning_seconds"] for r in runs]),
+        "planning_alone_seconds": planning_alone,
         "peak_rss_mb_per_worker_process": max(r["peak_rss_mb_per_worker_process"] for r in runs),
         "naive_baseline_messages_per_second": naive["messages_per_second"],
         "smtp_source_messages_per_second": source["messages_per_second"] if source else None,
@@ -500,7 +544,9 @@ def write(result: dict) -> None:
             "| --- | --- | --- | --- |",
             f"| messages/s | {fan['median']:.0f} | {fan['min']:.0f} | {fan['max']:.0f} |",
             f"| total seconds | {seconds['median']:.1f} | {seconds['min']:.1f} | {seconds['max']:.1f} |",
-            f"| planning seconds | {plan['median']:.2f} | {plan['min']:.2f} | {plan['max']:.2f} |",
+            f"| planning seconds, while the workers send | {plan['median']:.2f} | {plan['min']:.2f} "
+            f"| {plan['max']:.2f} |",
+            f"| planning seconds, alone | {result['planning_alone_seconds']:.2f} | | |",
             f"| peak RSS per worker process (MB) | {result['peak_rss_mb_per_worker_process']:.0f} | | |",
             f"| naive baseline (EmailMessage + smtplib), messages/s | "
             f"{result['naive_baseline_messages_per_second']:.0f} | | |",
