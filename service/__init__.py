@@ -51,10 +51,9 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     init_csrf(app)
     init_proof_of_work(app, settings)
 
-    from service.web import admin_overview, register_web
+    from service.web import register_web
 
     register_web(app, settings)
-    app.register_blueprint(admin_overview.bp)
     from service.commands import register_commands
 
     register_commands(app)

@@ -7,6 +7,7 @@ from flask import Flask
 from service.config import Settings
 from service.web import (
     admin_api,
+    admin_overview,
     bounce_webhook,
     challenge,
     errors,
@@ -33,6 +34,7 @@ def register_web(app: Flask, settings: Settings) -> None:
     app.register_blueprint(bounce_webhook.bp)
     app.register_blueprint(privacy.bp)
     app.register_blueprint(privacy.admin_bp)
+    app.register_blueprint(admin_overview.bp)
     if settings.uses_outbox:
         app.register_blueprint(outbox.bp)
     errors.register_error_handlers(app)

@@ -40,11 +40,15 @@ TAGS = {  # blueprint -> tag, in the order the docs page lists them
 }
 ADMIN = [{"adminToken": []}]
 SECURITY = {"admin_api": ADMIN, "privacy_admin": ADMIN,
+            "admin_overview": [{"adminToken": []}, {"adminBasic": []}],
             "bounce_webhook": [{"bounceWebhookToken": []}, {"adminToken": []}]}
 SECURITY_SCHEMES = {
     "adminToken": {"type": "http", "scheme": "bearer",
                    "description": "ADMIN_API_TOKEN, or a named key from 'newsletter api-keys create NAME'."},
     "bounceWebhookToken": {"type": "http", "scheme": "bearer", "description": "BOUNCE_WEBHOOK_TOKEN."},
+    "adminBasic": {"type": "http", "scheme": "basic",
+                   "description": "For browsers: the admin token (or a named key) as the password, "
+                                  "any user name."},
 }
 
 

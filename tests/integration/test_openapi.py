@@ -92,7 +92,7 @@ def test_the_admin_routes_want_the_bearer_token_and_the_public_ones_do_not(spec)
     schemes = spec["components"]["securitySchemes"]
     assert schemes["adminToken"] == {**schemes["adminToken"], "type": "http", "scheme": "bearer"}
     for method, path, operation in operations(spec):
-        protected = path.startswith("/api/v1/") or path == "/metrics"
+        protected = path.startswith(("/api/v1/", "/admin/")) or path == "/metrics"
         public = not protected or path in ("/api/v1/openapi.json", "/api/v1/docs")
         if public:
             assert not operation.get("security"), f"{method} {path}"
