@@ -32,6 +32,7 @@ bench/results/subscribe-<N>.{json,md}.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -318,12 +319,30 @@ def database_facts(url: str) -> dict[str, str]:
     return facts
 
 
-def code_version() -> dict[str, object]:
+def code_version(commit: str = "HEAD") -> dict[str, object]:
+    """The commit, a hash of the trees the service runs from (service, tasks, templates, migrations),
+    and whether they had uncommitted changes."""
+
     def git(*argv: str) -> str:
         return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
-    changed = git("status", "--porcelain", "--", "service", "tasks", "email_templates", "migrations")
-    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted_service_changes": bool(changed)}
+    folders = ("service", "tasks", "email_templates", "migrations")
+    trees = git("rev-parse", *(f"{commit}:{folder}" for folder in folders))
+    changed = git("status", "--porcelain", "--", *folders) if commit == "HEAD" else ""
+    return {
+        "commit": git("rev-parse", "--short", commit),
+        "service_tree": hashlib.sha1(trees.encode()).hexdigest()[:12],
+        "uncommitted_service_changes": bool(changed),
+    }
+
+
+def same_code(runs: list[dict]) -> bool:
+    """Every run started from the same service code (other commits, e.g. of results, do not count)."""
+    first = runs[0]["code"]
+    return all(
+        r["code"]["service_tree"] == first["service_tree"] and not r["code"]["uncommitted_service_changes"]
+        for r in runs
+    )
 
 
 def main() -> None:
@@ -372,7 +391,7 @@ def main() -> None:
         "when": started.isoformat(timespec="seconds"),
         "machine": {**host, **database_facts(args.database_url)},
         "code": runs[0]["code"],
-        "same_code_in_every_run": all(r["code"] == runs[0]["code"] for r in runs),
+        "same_code_in_every_run": same_code(runs),
         "sink": runs[0]["sink"],
         "generator": runs[0]["whole_stack"]["generator"],
         "web": " ".join(procfile_command("web", {**os.environ, "PORT": "<port>"})[1:]),
