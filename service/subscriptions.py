@@ -13,8 +13,9 @@ from datetime import timedelta
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from service.config import FREQUENCIES
 from service.consent import ConsentContext, mark_confirmed, mark_withdrawn, record_request
@@ -353,17 +354,22 @@ def _get_or_create_subscriber(
     ).one_or_none()
     if existing is not None:
         return existing
-    subscriber = Subscriber(email=email, name=name, frequency=Frequency(frequency))
-    try:
-        # A savepoint, so losing a race with a concurrent post for the same
-        # address rolls back only this insert, not the caller's transaction.
-        with session.begin_nested():
-            session.add(subscriber)
-    except IntegrityError:
+    # ON CONFLICT DO NOTHING rather than a savepoint around the INSERT (two round
+    # trips fewer): losing a race with a concurrent post for the same address
+    # makes this insert a no-op once the other commits, and the select finds its row.
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    created = session.scalars(
+        insert(Subscriber).values(email=email, name=name, frequency=Frequency(frequency))
+        .on_conflict_do_nothing(index_elements=[Subscriber.email])
+        .returning(Subscriber)
+    ).one_or_none()
+    if created is None:
         return session.scalars(
             select(Subscriber).where(Subscriber.email == email).with_for_update()
         ).one()
-    return subscriber
+    # A new reader has no subscriptions yet: say so rather than query for them.
+    set_committed_value(created, "subscriptions", [])
+    return created
 
 
 def _request_topics(session: Session, subscriber: Subscriber, topics: Sequence[Topic]

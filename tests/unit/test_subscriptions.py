@@ -1,10 +1,12 @@
 """The subscription lifecycle, called directly with a session (no HTTP, no Celery)."""
 
+import threading
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
 
+from service.extensions import db
 from service.models import (
     Delivery,
     DeliveryKind,
@@ -269,3 +271,33 @@ def test_a_new_confirmation_is_queued_only_for_a_pending_reader_with_a_current_l
     assert request_new_confirmation(session, subscriber.id, subscriber.token_epoch) is not None
     session.commit()
     assert _count(session, Delivery) == 2
+
+
+def test_two_posts_racing_for_a_new_address_make_one_reader_and_neither_fails(stack, session):
+    """Both transactions insert the same new address at once; the loser's INSERT … ON CONFLICT
+    waits for the winner, does nothing, and the select finds the winner's row."""
+    if stack.name != "postgres":
+        pytest.skip("SQLite runs one writer at a time: there is no race to lose")
+    barrier = threading.Barrier(2)
+    outcomes: list[object] = []
+
+    def post() -> None:
+        with stack.app.app_context():
+            try:
+                barrier.wait()
+                subscribe(db.session, SubscriptionRequest("racer@example.com", ["marvel-news"]), "weekly")
+                db.session.commit()
+                outcomes.append("ok")
+            except Exception as error:  # the test reports whatever went wrong
+                outcomes.append(error)
+            finally:
+                db.session.remove()
+
+    threads = [threading.Thread(target=post) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert outcomes == ["ok", "ok"]
+    assert session.scalar(select(func.count()).select_from(Subscriber)
+                          .where(Subscriber.email == "racer@example.com")) == 1
