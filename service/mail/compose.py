@@ -45,13 +45,14 @@ class LedgerEntry(Protocol):
     created_at: datetime
 
 
-def list_unsubscribe_headers(subscriber_id: int, url: str | None = None) -> list[tuple[str, str]]:
+def list_unsubscribe_headers(url: str) -> list[tuple[str, str]]:
     """RFC 8058 one-click unsubscribe: one HTTPS URL in angle brackets, plus the POST hint.
 
-    ``url`` is the reader's unsubscribe link when the caller has it already (signing one costs).
+    ``url`` is the very link the body shows: signed once, as a second signing a
+    second later would give another token.
     """
     return [
-        ("List-Unsubscribe", f"<{url or links.unsubscribe_url(subscriber_id)}>"),
+        ("List-Unsubscribe", f"<{url}>"),
         ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
     ]
 
@@ -64,18 +65,20 @@ def compose_confirmation(
         (s.topic for s in subscriber.subscriptions if s.status == SubscriptionStatus.PENDING),
         key=lambda topic: topic.name,
     )
+    # Signed once: the link in the body and the List-Unsubscribe header must be the same URL.
+    unsubscribe_url = links.unsubscribe_url(subscriber.id)
     context = {
         "name": subscriber.name,
         "email": subscriber.email,
         "topics": pending,
         "confirm_url": links.confirm_url(subscriber.id, subscriber.token_epoch),
-        "unsubscribe_url": links.unsubscribe_url(subscriber.id),
+        "unsubscribe_url": unsubscribe_url,
         "preferences_url": links.preferences_url(subscriber.id),
         "expires_in_days": max(1, settings.CONFIRM_TOKEN_MAX_AGE // 86400),
         "sender_name": _display_name(settings.MAIL_FROM),
     }
     rendered = render_email("confirmation", context)
-    return _outgoing(delivery, subscriber, settings, now, rendered, settings.MAIL_FROM, [])
+    return _outgoing(delivery, subscriber, settings, now, rendered, settings.MAIL_FROM, [], unsubscribe_url)
 
 
 def feedback_id_header(delivery: LedgerEntry, settings: Settings) -> list[tuple[str, str]]:
@@ -178,7 +181,7 @@ class DigestComposer:
 
 def _outgoing(delivery: LedgerEntry, subscriber: Subscriber, settings: Settings, now: datetime,
               rendered: RenderedEmail, mail_from: str, stream_headers: list[tuple[str, str]],
-              unsubscribe_url: str | None = None) -> OutgoingMessage:
+              unsubscribe_url: str) -> OutgoingMessage:
     """The headers every message of ours carries, around a rendered email."""
     return OutgoingMessage(
         mail_from=mail_from,
@@ -189,7 +192,7 @@ def _outgoing(delivery: LedgerEntry, subscriber: Subscriber, settings: Settings,
         message_id=stable_message_id(delivery, settings),
         date=now,
         extra_headers=(
-            *list_unsubscribe_headers(subscriber.id, unsubscribe_url),
+            *list_unsubscribe_headers(unsubscribe_url),
             *stream_headers,
             ("Auto-Submitted", "auto-generated"),
             *feedback_id_header(delivery, settings),

@@ -91,3 +91,25 @@ def test_markup_in_articles_is_shown_as_text(session):
 
 def test_the_list_id_is_a_phrase_and_an_id_on_our_domain(session):
     assert list_id(get_settings()) == '"Marvel News digest" <digest.example.com>'
+
+
+def test_the_list_unsubscribe_header_is_the_very_link_the_body_shows(session, monkeypatch):
+    """Tokens carry a timestamp; signing the link twice, a second apart, gave two different URLs."""
+    import time
+
+    from service.deliveries import ClaimedDelivery
+    from service.mail.compose import compose_confirmation
+    from service.models import DeliveryKind, Subscription, SubscriptionStatus
+
+    clock = iter(range(1_800_000_000, 1_900_000_000, 7))
+    monkeypatch.setattr(time, "time", lambda: float(next(clock)))
+    reader = _reader()
+    reader.token_epoch = 1
+    reader.subscriptions = [Subscription(topic=_topic("tv-news", "TV News", 3),
+                                         status=SubscriptionStatus.PENDING)]
+    now = datetime(2026, 11, 25, tzinfo=UTC)
+    delivery = ClaimedDelivery(1, DeliveryKind.CONFIRMATION, reader.id, None, now, 1)
+    message = compose_confirmation(delivery, reader, get_settings(), now)
+    header = dict(message.extra_headers)["List-Unsubscribe"].strip("<>")
+    assert "/unsubscribe/" in header
+    assert header in message.text and f'href="{header}"' in message.html
