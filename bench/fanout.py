@@ -125,7 +125,8 @@ class Sink:
         self.process.wait()
 
 
-def environment(args: argparse.Namespace, smtp_port: int) -> dict[str, str]:
+def base_environment(args: argparse.Namespace, smtp_port: int) -> dict[str, str]:
+    """The service's settings every benchmark shares: its own database and Redis, the sink."""
     return {
         "DATABASE_URL": args.database_url,
         "CELERY_BROKER_URL": args.redis_url,
@@ -135,12 +136,18 @@ def environment(args: argparse.Namespace, smtp_port: int) -> dict[str, str]:
         "SMTP_PORT": str(smtp_port),
         "MAIL_FROM": "Marvel News <news@example.com>",
         "PUBLIC_BASE_URL": "https://newsletter.example.com",
-        "DIGEST_BATCH_SIZE": str(args.batch),
-        "DELIVERY_GROUP_SIZE": str(args.group),
-        "DIGEST_MAX_ARTICLES": "20",
         "SEED_DEMO_TOPICS": "false",
         "LOG_LEVEL": "WARNING",
         "INSTANCE_PATH": str(ROOT / "bench" / ".instance"),
+    }
+
+
+def environment(args: argparse.Namespace, smtp_port: int) -> dict[str, str]:
+    return {
+        **base_environment(args, smtp_port),
+        "DIGEST_BATCH_SIZE": str(args.batch),
+        "DELIVERY_GROUP_SIZE": str(args.group),
+        "DIGEST_MAX_ARTICLES": "20",
     }
 
 

@@ -21,7 +21,7 @@ import psutil
 import sqlalchemy as sa
 
 from bench import cpu_share
-from bench.fanout import free_port, peak_rss_mb
+from bench.fanout import base_environment, free_port, peak_rss_mb
 from bench.recording_sink import RecordingSink
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,17 +40,7 @@ def environment(args: argparse.Namespace, smtp_port: int, http_port: int) -> dic
     of work is off by default (POW_REQUIRED).
     """
     return {
-        "DATABASE_URL": args.database_url,
-        "CELERY_BROKER_URL": args.redis_url,
-        "LIMITER_STORAGE_URL": args.redis_url,
-        "SECRET_KEY": "benchmark-secret-key-0123456789",
-        "SMTP_HOST": "127.0.0.1",
-        "SMTP_PORT": str(smtp_port),
-        "MAIL_FROM": "Marvel News <news@example.com>",
-        "PUBLIC_BASE_URL": "https://newsletter.example.com",
-        "SEED_DEMO_TOPICS": "false",
-        "LOG_LEVEL": "WARNING",
-        "INSTANCE_PATH": str(ROOT / "bench" / ".instance"),
+        **base_environment(args, smtp_port),
         "SUBSCRIBE_LIMIT_PER_IP": "100000000/minute;1000000000/hour",
         "SUBSCRIBE_LIMIT_PER_DOMAIN": "1000000000/hour",
         "PORT": str(http_port),
