@@ -28,12 +28,19 @@ def record_request(session: Session, subscriptions: Iterable[Subscription], cont
                    now: datetime, confirmed: bool = False) -> None:
     """A new record per subscription asked for now (confirmed at once via preferences)."""
     for subscription in subscriptions:
-        session.add(ConsentRecord(
-            subscription=subscription, requested_at=now, source=context.source,
-            page_url=(context.page_url or None) and context.page_url[:2048],
-            ip_address=context.ip_address, user_agent=(context.user_agent or "")[:512] or None,
-            consent_text_version=context.text_version, confirmed_at=now if confirmed else None,
-        ))
+        session.add(ConsentRecord(subscription=subscription, requested_at=now,
+                                  confirmed_at=now if confirmed else None, **consent_values(context)))
+
+
+def consent_values(context: ConsentContext) -> dict[str, str | None]:
+    """The columns of a consent record that come from the request, cut to their lengths."""
+    return {
+        "source": context.source,
+        "page_url": (context.page_url or None) and context.page_url[:2048],
+        "ip_address": context.ip_address,
+        "user_agent": (context.user_agent or "")[:512] or None,
+        "consent_text_version": context.text_version,
+    }
 
 
 def mark_confirmed(session: Session, subscriptions: Iterable[Subscription], now: datetime) -> None:

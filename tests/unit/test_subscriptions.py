@@ -6,14 +6,17 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
+from service.consent import ConsentContext
 from service.extensions import db
 from service.models import (
+    ConsentRecord,
     Delivery,
     DeliveryKind,
     DeliveryState,
     Frequency,
     Subscriber,
     SubscriberStatus,
+    Subscription,
     SubscriptionStatus,
     Topic,
     utcnow,
@@ -27,6 +30,7 @@ from service.subscriptions import (
     normalise_email,
     request_new_confirmation,
     subscribe,
+    subscribe_in_steps,
     unsubscribe,
     update_preferences,
 )
@@ -301,3 +305,56 @@ def test_two_posts_racing_for_a_new_address_make_one_reader_and_neither_fails(st
     assert outcomes == ["ok", "ok"]
     assert session.scalar(select(func.count()).select_from(Subscriber)
                           .where(Subscriber.email == "racer@example.com")) == 1
+
+
+def _rows_of(session, subscriber_id: int) -> dict[str, object]:
+    """Everything a subscribe post stored for one reader, without ids, addresses and times."""
+    def values(obj, *skip: str) -> dict[str, object]:
+        return {column.key: getattr(obj, column.key) for column in obj.__table__.columns
+                if column.key not in {"id", "email", "subscriber_id", "subscription_id", *skip}
+                and not column.key.endswith("_at")}
+
+    subscriber = session.get(Subscriber, subscriber_id)
+    subscriptions = sorted(subscriber.subscriptions, key=lambda s: s.topic_id)
+    records = [session.scalars(select(ConsentRecord).where(ConsentRecord.subscription_id == s.id)).all()
+               for s in subscriptions]
+    deliveries = session.scalars(select(Delivery).where(Delivery.subscriber_id == subscriber_id)).all()
+    return {
+        "subscriber": values(subscriber),
+        "set_times": sorted(c.key for c in Subscriber.__table__.columns
+                            if c.key.endswith("_at") and getattr(subscriber, c.key) is not None),
+        "subscriptions": [values(s) for s in subscriptions],
+        "consent": [[values(r) | {"requested": r.requested_at is not None} for r in rs] for rs in records],
+        "deliveries": [values(d) | {"due": d.next_attempt_at is not None} for d in deliveries],
+    }
+
+
+@pytest.mark.parametrize("frequency", [None, "daily"])
+def test_a_new_reader_is_stored_alike_in_one_statement_and_in_steps(session, frequency):
+    """On PostgreSQL a new address takes the one-statement path (service.new_readers); it must
+    leave exactly the rows the step-by-step path leaves. (On SQLite both calls take the steps.)"""
+    session.scalars(select(Topic).where(Topic.slug == "tv-news")).one().default_frequency = Frequency.DAILY
+    session.commit()
+    consent = ConsentContext(source="form", text_version="v1", page_url="https://p.example/" + "x" * 3000,
+                             ip_address="192.0.2.1", user_agent="Agent " * 200)
+    fields = {"name": "Peggy", "frequency": frequency, "timezone": "Europe/Berlin", "consent": consent}
+    topics = ["Marvel-News", "tv-news", "marvel-news"]
+    fast = subscribe(session, SubscriptionRequest("fast@example.com", topics, **fields), "weekly")
+    steps = subscribe_in_steps(session, SubscriptionRequest("steps@example.com", topics, **fields), "weekly")
+    session.commit()
+    assert len(fast.delivery_ids) == len(steps.delivery_ids) == 1
+    fast_rows, step_rows = _rows_of(session, fast.subscriber_id), _rows_of(session, steps.subscriber_id)
+    assert fast_rows == step_rows
+    assert fast_rows["subscriber"]["frequency"] == Frequency.DAILY  # given, or tv-news's default
+    assert len(fast_rows["subscriptions"]) == 2
+    assert fast_rows["consent"][0][0]["page_url"] == consent.page_url[:2048]
+
+
+def test_a_retired_topic_is_refused_and_nothing_is_stored(session):
+    session.scalars(select(Topic).where(Topic.slug == "tv-news")).one().retired_at = utcnow()
+    session.commit()
+    with pytest.raises(InvalidSubscription) as caught:
+        subscribe(session, SubscriptionRequest("reader@example.com", ["marvel-news", "tv-news"]), "weekly")
+    session.rollback()
+    assert caught.value.errors == {"topics": "Unknown topic: tv-news."}
+    assert [_count(session, model) for model in (Subscriber, Subscription, Delivery)] == [0, 0, 0]
