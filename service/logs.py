@@ -7,6 +7,8 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -55,6 +57,16 @@ def configure_logging(level: str, as_json: bool) -> None:
     handler.setFormatter(JsonFormatter() if as_json else logging.Formatter(
         "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"))
     root.addHandler(handler)
+
+
+@contextmanager
+def logged_under(request_id: str) -> Iterator[None]:
+    """Log as if handling this request (a task that does the work of several)."""
+    token = request_id_var.set(request_id)
+    try:
+        yield
+    finally:
+        request_id_var.reset(token)
 
 
 # Celery's signals are connected here, where every process that builds the app

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from celery import shared_task
 from flask import current_app
@@ -11,8 +11,9 @@ from kombu.exceptions import OperationalError as BrokerUnavailable
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from service.config import get_settings
-from service.deliveries import RetryLater, deliver, deliver_many, reschedule_stalled
+from service.deliveries import BatchResult, RetryLater, deliver, deliver_many, reschedule_stalled
 from service.extensions import db
+from service.logs import logged_under
 from service.mail.transport import transport_for
 from tasks import SWEEP_STALLED_DELIVERIES
 
@@ -40,8 +41,12 @@ def send_delivery(self, delivery_id: int) -> str | None:  # type: ignore[no-unty
 
 
 @shared_task(name="newsletter.send_delivery_batch", **DB_RETRY)
-def send_delivery_batch(delivery_ids: list[int]) -> int:
-    """Send several deliveries over one SMTP connection; each temporary failure retries on its own."""
+def send_delivery_batch(delivery_ids: list[int], request_ids: list[str | None] | None = None) -> int:
+    """Send several deliveries over one SMTP connection; each temporary failure retries on its own.
+
+    ``request_ids`` (one per delivery) come with form posts batched into one
+    task, so that each delivery's outcome is logged under its own request's id.
+    """
     settings = get_settings()
     transport = transport_for(settings, db.session)
     try:
@@ -51,7 +56,17 @@ def send_delivery_batch(delivery_ids: list[int]) -> int:
     retry = _bound(send_delivery)
     for delivery_id, countdown in batch.retries:
         retry.apply_async((delivery_id,), countdown=countdown)
+    if request_ids:
+        _log_under_request_ids(batch, dict(zip(delivery_ids, request_ids, strict=False)))
     return len(batch.results)
+
+
+def _log_under_request_ids(batch: BatchResult, request_ids: Mapping[int, str | None]) -> None:
+    for result in batch.results:
+        if request_id := request_ids.get(result.delivery_id):
+            with logged_under(request_id):
+                log.info("delivery %d: %s", result.delivery_id,
+                         result.state.value if result.state else "not ours to send")
 
 
 @shared_task(name=SWEEP_STALLED_DELIVERIES, **DB_RETRY)
@@ -77,13 +92,15 @@ def publish_deliveries(delivery_ids: Iterable[int]) -> int:
     return published
 
 
-def publish_batches(delivery_ids: Sequence[int], size: int) -> int:
+def publish_batches(delivery_ids: Sequence[int], size: int,
+                    request_ids: Sequence[str | None] | None = None) -> int:
     """Publish one batch task per ``size`` deliveries; returns how many deliveries the broker took."""
     task = _bound(send_delivery_batch)
     published = 0
     for start in range(0, len(delivery_ids), size):
         chunk = list(delivery_ids[start:start + size])
-        if not _publish(task, (chunk,), f"a batch of {len(chunk)} deliveries"):
+        kwargs = {"request_ids": list(request_ids[start:start + size])} if request_ids else {}
+        if not _publish(task, (chunk,), f"a batch of {len(chunk)} deliveries", kwargs):
             break
         published += len(chunk)
     return published
@@ -94,9 +111,10 @@ def _bound(task):  # type: ignore[no-untyped-def]
     return current_app.extensions["celery"].tasks[task.name]
 
 
-def _publish(task, args: tuple, what: str) -> bool:  # type: ignore[no-untyped-def]
+def _publish(task, args: tuple, what: str,  # type: ignore[no-untyped-def]
+             kwargs: Mapping[str, object] | None = None) -> bool:
     try:
-        task.apply_async(args)
+        task.apply_async(args, kwargs)
     except BrokerUnavailable as error:
         log.warning("broker unavailable, %s left for the sweep: %s", what, error)
         return False

@@ -20,10 +20,13 @@ from service.web import (
 )
 from service.web.input_guard import guard_input
 from service.web.request_ids import track_request_ids
+from tasks.publisher import BackgroundPublisher
 
 
 def register_web(app: Flask, settings: Settings) -> None:
     track_request_ids(app)
+    # Form posts hand their confirmation sends to it (tasks/publisher.py).
+    app.extensions["publisher"] = BackgroundPublisher(app)
     guard_input(app)
     app.register_blueprint(public.bp)
     app.register_blueprint(health.bp)

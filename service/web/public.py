@@ -60,7 +60,7 @@ from service.web.csrf import check_csrf
 from service.web.errors import error_response
 from service.web.forms import MalformedForm, SubmittedForm, read_form
 from service.web.negotiation import wants_json
-from tasks.delivery import publish_deliveries
+from tasks.publisher import publish_soon
 
 bp = Blueprint("public", __name__)
 
@@ -194,7 +194,7 @@ def subscribe_post():  # type: ignore[no-untyped-def]
             return jsonify({"error": "Please correct the marked fields.", "errors": invalid.errors}), 422
         return _render_subscribe(form, invalid.errors), 422
     db.session.commit()
-    publish_deliveries(outcome.delivery_ids)
+    publish_soon(outcome.delivery_ids)
     return _accepted(form)
 
 
@@ -283,7 +283,7 @@ def resend_confirmation():  # type: ignore[no-untyped-def]
         delivery = request_new_confirmation(db.session, subscriber_id, epoch, confirmation_policy())
         db.session.commit()
         if delivery is not None:
-            publish_deliveries([delivery.id])
+            publish_soon([delivery.id])
     if wants_json():
         return jsonify({"status": "accepted", "message": CHECK_INBOX}), 202
     return render_template("check_inbox.html", message=CHECK_INBOX)

@@ -1,0 +1,115 @@
+"""Publish the confirmation sends of form posts from a thread, several per task under load.
+
+A Celery publish costs a web process more CPU than storing the subscription
+does (kombu builds a Redis client per publish), and the request would wait for
+it. Instead a post hands its delivery ids to this process's publisher and
+answers; a thread publishes what gathers within ``LINGER_SECONDS`` of the first
+as one task. A reader's email leaves a few milliseconds later than it would
+have; under load, one publish carries many confirmations.
+
+Each delivery keeps the id of the request that made it, so the worker logs its
+outcome under that id (``send_delivery_batch``).
+
+Nothing is lost if the process dies with ids still in hand: the rows are
+committed before they get here, and the sweep publishes any delivery whose
+task never came (``DELIVERY_STALE_SECONDS``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from flask import current_app
+
+from service.logs import request_id_var
+from tasks.delivery import publish_batches
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+log = logging.getLogger(__name__)
+
+# How long the thread waits for more ids after the first, when posts keep coming.
+LINGER_SECONDS = 0.05
+MAX_IDS_PER_TASK = 200
+
+
+class BackgroundPublisher:
+    """One per web process; its thread starts on first use, and again after a fork."""
+
+    def __init__(self, app: Flask) -> None:
+        self._app = app
+        # (delivery id, the id of the request that made it), or None to stop.
+        self._ids: queue.SimpleQueue[tuple[int, str | None] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._owner_pid = 0
+
+    def submit(self, delivery_ids: Iterable[int]) -> None:
+        """Publish these committed deliveries soon; never raises for the broker's sake."""
+        ids = list(delivery_ids)
+        if not ids:
+            return
+        self._ensure_thread()
+        request_id = request_id_var.get()
+        for delivery_id in ids:
+            self._ids.put((delivery_id, request_id))
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Publish what is left and stop the thread (at interpreter exit)."""
+        thread = self._thread
+        if thread is None or not thread.is_alive() or self._owner_pid != os.getpid():
+            return
+        self._ids.put(None)
+        thread.join(timeout)
+
+    def _ensure_thread(self) -> None:
+        if self._thread is not None and self._owner_pid == os.getpid():
+            return
+        with self._lock:
+            if self._thread is not None and self._owner_pid == os.getpid():
+                return
+            # A forked child (gunicorn's workers) inherits the object but not the thread.
+            self._ids = queue.SimpleQueue()
+            self._owner_pid = os.getpid()
+            self._thread = threading.Thread(target=self._run, name="confirmation-publisher", daemon=True)
+            self._thread.start()
+            atexit.register(self.close)
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._ids.get()
+            if first is None:
+                break
+            batch = [first]
+            deadline = time.monotonic() + LINGER_SECONDS
+            while len(batch) < MAX_IDS_PER_TASK and (remaining := deadline - time.monotonic()) > 0:
+                try:
+                    item = self._ids.get(timeout=remaining)
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            delivery_ids = [delivery_id for delivery_id, _ in batch]
+            request_ids = [request_id for _, request_id in batch]
+            try:
+                with self._app.app_context():
+                    publish_batches(delivery_ids, MAX_IDS_PER_TASK,
+                                    request_ids if any(request_ids) else None)
+            except Exception:
+                log.exception("publishing %d confirmation(s) failed; left for the sweep", len(batch))
+
+
+def publish_soon(delivery_ids: Iterable[int]) -> None:
+    """Hand committed deliveries to this process's publisher (see the module's docstring)."""
+    current_app.extensions["publisher"].submit(delivery_ids)
