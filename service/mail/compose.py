@@ -19,6 +19,7 @@ from service.mail.message import OutgoingMessage, make_message_id
 from service.mail.personalise import (
     ContentKey,
     DigestCopies,
+    PersonalCopy,
     Reader,
     content_key,
     digest_context,
@@ -180,7 +181,7 @@ class DigestComposer:
 
 
 def _outgoing(delivery: LedgerEntry, subscriber: Subscriber, settings: Settings, now: datetime,
-              rendered: RenderedEmail, mail_from: str, stream_headers: list[tuple[str, str]],
+              rendered: RenderedEmail | PersonalCopy, mail_from: str, stream_headers: list[tuple[str, str]],
               unsubscribe_url: str) -> OutgoingMessage:
     """The headers every message of ours carries, around a rendered email."""
     return OutgoingMessage(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import binascii
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.header import Header
@@ -20,8 +20,31 @@ from email.utils import format_datetime, formataddr, parseaddr
 from functools import lru_cache
 
 CRLF = b"\r\n"
+# A quoted-printable line break that decodes to nothing (RFC 2045, 6.7 rule 5).
+SOFT_BREAK = b"=\r\n"
+# Longest line quoted-printable allows, without its CRLF.
+MAX_QP_LINE = 76
 # A header line may not exceed 998 bytes (RFC 5322); longer subjects are folded.
 MAX_PLAIN_HEADER = 900
+
+
+@dataclass(frozen=True)
+class EncodedBody:
+    """A body already quoted-printable, with CRLF line breaks, as :func:`build_mime` writes it."""
+
+    qp: bytes
+
+    @classmethod
+    def joined(cls, pieces: Iterable[bytes]) -> EncodedBody:
+        """Pieces from :func:`qp_piece`, as one body that decodes to their texts joined."""
+        qp = b"".join(pieces)
+        return cls(qp[:-len(SOFT_BREAK)] if qp.endswith(SOFT_BREAK) else qp)
+
+    def decoded(self) -> str:
+        return binascii.a2b_qp(self.qp.replace(CRLF, b"\n")).decode("utf-8")
+
+
+Body = str | EncodedBody
 
 
 @dataclass(frozen=True)
@@ -31,8 +54,8 @@ class OutgoingMessage:
     mail_from: str
     to: str
     subject: str
-    text: str
-    html: str
+    text: Body
+    html: Body
     message_id: str
     date: datetime
     extra_headers: Sequence[tuple[str, str]] = field(default_factory=tuple)
@@ -72,7 +95,7 @@ def build_mime(message: OutgoingMessage) -> bytes:
         out.append(f'Content-Type: text/{subtype}; charset="utf-8"'.encode("ascii"))
         out.append(b"Content-Transfer-Encoding: quoted-printable")
         out.append(b"")
-        out.append(quoted_printable(body))
+        out.append(body.qp if isinstance(body, EncodedBody) else quoted_printable(body))
     out.append(f"--{boundary}--".encode("ascii"))
     out.append(b"")
     return CRLF.join(out)
@@ -83,6 +106,28 @@ def quoted_printable(text: str) -> bytes:
     normalised = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
     encoded = binascii.b2a_qp(normalised, quotetabs=False, istext=True, header=False)
     return encoded.replace(b"\n", CRLF)
+
+
+def qp_piece(text: str) -> bytes:
+    """``text`` as quoted-printable that can be joined to other pieces like it.
+
+    Each piece ends at a line break, a soft one where ``text`` has none, so the
+    joined pieces decode to the joined texts (their line breaks normalised
+    piece by piece: a CR ending one piece and an LF starting the next are two
+    breaks) and no line grows past 76 characters. A digest's static parts are encoded once this way, and only
+    each reader's fields per message.
+    """
+    encoded = quoted_printable(text)
+    if not encoded or encoded.endswith(CRLF):
+        return encoded
+    last_line = encoded.rfind(b"\n") + 1
+    if len(encoded) - last_line >= MAX_QP_LINE:
+        # No room for the "=": break the line earlier, but not inside an =XX escape.
+        cut = last_line + MAX_QP_LINE - 3
+        while b"=" in encoded[cut - 2:cut]:
+            cut -= 1
+        encoded = encoded[:cut] + SOFT_BREAK + encoded[cut:]
+    return encoded + SOFT_BREAK
 
 
 def _text_header(value: str) -> str:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from service import links
 from service.config import Settings
+from service.mail.message import Body, EncodedBody, qp_piece
 from service.mail.rendering import RenderedEmail
 from service.models import Frequency
 
@@ -79,43 +80,81 @@ _ATTRIBUTE_ESCAPES = str.maketrans({"&": "&amp;", "\xa0": "&nbsp;", '"': "&quot;
 _PROBE_NAME = "Probe <&> \"quoted\" 'single' \xa0 Zoë"
 _PROBE_EMAIL = "probe+\"<&>'@example.com"
 
-Slot = tuple[str, bool]  # (personal field, inside an HTML tag)
+
+@dataclass(frozen=True)
+class PersonalCopy:
+    """One reader's digest; a body is quoted-printable already when it was filled in."""
+
+    subject: str
+    text: Body
+    html: Body
+
+    def decoded(self) -> RenderedEmail:
+        return RenderedEmail(subject=self.subject, text=_decoded(self.text), html=_decoded(self.html))
+
+
+def _decoded(body: Body) -> str:
+    return body.decoded() if isinstance(body, EncodedBody) else _as_sent(body)
+
+
+def _as_sent(body: str) -> str:
+    """A body with the line breaks quoted-printable encoding gives it."""
+    return body.replace("\r\n", "\n").replace("\r", "\n")
+
+
+@dataclass(frozen=True)
+class _Cut:
+    """A body cut at its personal fields: its static pieces, quoted-printable once for all
+    readers, and between them the slots, each with the escaping its place needs."""
+
+    pieces: tuple[bytes, ...]  # one more than slots
+    slots: tuple[tuple[str, dict[int, str] | None], ...]  # (personal field, escapes)
+
+    @classmethod
+    def of(cls, body: str, html: bool) -> _Cut:
+        pieces: list[bytes] = []
+        slots: list[tuple[str, dict[int, str] | None]] = []
+        # Line breaks normalised first, so no piece ends in a CR whose LF starts the next.
+        body, start = _as_sent(body), 0
+        for match in _PLACEHOLDER.finditer(body):
+            escapes = None
+            if html:
+                in_tag = body.rfind("<", 0, match.start()) > body.rfind(">", 0, match.start())
+                escapes = _ATTRIBUTE_ESCAPES if in_tag else _TEXT_ESCAPES
+            pieces.append(qp_piece(body[start:match.start()]))
+            slots.append((_FIELD_OF[match.group()], escapes))
+            start = match.end()
+        pieces.append(qp_piece(body[start:]))
+        return cls(tuple(pieces), tuple(slots))
+
+    def fill(self, fields: Mapping[str, str]) -> EncodedBody:
+        out = [self.pieces[0]]
+        for (field, escapes), piece in zip(self.slots, self.pieces[1:], strict=True):
+            value = fields[field]
+            out.append(qp_piece(value.translate(escapes) if escapes else value))
+            out.append(piece)
+        return EncodedBody.joined(out)
+
+
+_FIELD_OF = {placeholder: field for field, placeholder in _PLACEHOLDERS.items()}
+_PLACEHOLDER = re.compile("|".join(map(re.escape, _FIELD_OF)))
 
 
 @dataclass(frozen=True)
 class _Template:
-    """A content rendered with placeholders, cut at the personal fields."""
+    """A content rendered with placeholders in the personal fields."""
 
     subject: str
-    text: str
-    html_parts: tuple[str, ...]  # static HTML between the slots; one more than slots
-    html_slots: tuple[Slot, ...]
+    text: _Cut
+    html: _Cut
 
     @classmethod
     def of(cls, rendered: RenderedEmail) -> _Template:
-        parts: list[str] = []
-        slots: list[Slot] = []
-        html, start = rendered.html, 0
-        by_placeholder = {placeholder: field for field, placeholder in _PLACEHOLDERS.items()}
-        pattern = re.compile("|".join(map(re.escape, by_placeholder)))
-        for match in pattern.finditer(html):
-            in_tag = html.rfind("<", 0, match.start()) > html.rfind(">", 0, match.start())
-            parts.append(html[start:match.start()])
-            slots.append((by_placeholder[match.group()], in_tag))
-            start = match.end()
-        parts.append(html[start:])
-        return cls(rendered.subject, rendered.text, tuple(parts), tuple(slots))
+        return cls(rendered.subject, _Cut.of(rendered.text, html=False), _Cut.of(rendered.html, html=True))
 
-    def fill(self, fields: Mapping[str, str]) -> RenderedEmail:
-        subject, text = self.subject, self.text
-        for field, placeholder in _PLACEHOLDERS.items():
-            subject = subject.replace(placeholder, fields[field])
-            text = text.replace(placeholder, fields[field])
-        html = [self.html_parts[0]]
-        for (field, in_tag), part in zip(self.html_slots, self.html_parts[1:], strict=True):
-            html.append(fields[field].translate(_ATTRIBUTE_ESCAPES if in_tag else _TEXT_ESCAPES))
-            html.append(part)
-        return RenderedEmail(subject=" ".join(subject.split()), html="".join(html), text=text)
+    def fill(self, fields: Mapping[str, str]) -> PersonalCopy:
+        subject = _PLACEHOLDER.sub(lambda match: fields[_FIELD_OF[match.group()]], self.subject)
+        return PersonalCopy(" ".join(subject.split()), self.text.fill(fields), self.html.fill(fields))
 
 
 class DigestCopies:
@@ -131,14 +170,15 @@ class DigestCopies:
         self.renders = 0  # slow-path renders, for the benchmark and the tests
 
     def digest_for(self, reader: Reader, key: ContentKey, fields: Mapping[str, str] | None = None
-                   ) -> RenderedEmail:
+                   ) -> PersonalCopy:
         """The digest of this content for this reader; ``fields`` are their personal_fields, if at hand."""
         if key not in self._templates:
             self._templates[key] = self._template_for(reader, key)
         template = self._templates[key]
         fields = fields or personal_fields(reader)
         if template is None:
-            return self._slow(reader, key, fields)
+            rendered = self._slow(reader, key, fields)
+            return PersonalCopy(rendered.subject, rendered.text, rendered.html)
         return template.fill(fields)
 
     def _template_for(self, reader: Reader, key: ContentKey) -> _Template | None:
@@ -149,7 +189,9 @@ class DigestCopies:
         template = _Template.of(self._slow(reader, key, placeholders))
         probe = Reader(reader.id, _PROBE_EMAIL, _PROBE_NAME if reader.name else None, reader.frequency)
         probe_fields = personal_fields(probe)
-        if template.fill(probe_fields) != self._slow(probe, key, probe_fields):
+        expected = self._slow(probe, key, probe_fields)
+        if template.fill(probe_fields).decoded() != RenderedEmail(
+                expected.subject, _as_sent(expected.html), _as_sent(expected.text)):
             return None
         return template
 

@@ -3,7 +3,7 @@ from email import message_from_bytes, policy
 
 import pytest
 
-from service.mail.message import OutgoingMessage, build_mime, make_message_id
+from service.mail.message import EncodedBody, OutgoingMessage, build_mime, make_message_id, qp_piece
 
 LONG_URL = "https://newsletter.example.com/unsubscribe/" + "eyJzaWQiOjF9" * 20
 
@@ -99,3 +99,17 @@ def test_a_very_long_subject_is_folded_within_the_line_limit():
         raw = build_mime(_message(subject=subject))
         assert max(len(line) for line in raw.split(b"\r\n")) <= 998
         assert _parse(raw)["Subject"] == " ".join(subject.split())
+
+
+@pytest.mark.parametrize("length", range(70, 80))
+def test_a_piece_ends_in_a_soft_break_that_never_makes_its_line_too_long(length):
+    for text in ("a" * length, "é" * (length // 3) + "a" * (length % 3), "a" * (length - 1) + " "):
+        encoded = qp_piece(text)
+        assert encoded.endswith(b"=\r\n")
+        assert max(len(line) for line in encoded.split(b"\r\n")) <= 76, (text, encoded)
+        assert EncodedBody.joined([encoded, qp_piece("!")]).decoded() == text + "!"
+
+
+def test_a_piece_that_ends_a_line_needs_no_soft_break():
+    assert qp_piece("Hello\n") == b"Hello\r\n"
+    assert qp_piece("") == b""

@@ -18,7 +18,15 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from service.articles import _TRACKING_PARAMS, canonical_url, normalise_tag, normalise_tags
-from service.mail.message import OutgoingMessage, build_mime, make_message_id
+from service.mail.message import (
+    MAX_QP_LINE,
+    EncodedBody,
+    OutgoingMessage,
+    build_mime,
+    make_message_id,
+    qp_piece,
+    quoted_printable,
+)
 from service.subscriptions import InvalidSubscription, normalise_email
 from service.tokens import InvalidToken, TokenPurpose, TokenSigner
 from service.verp import delivery_id_from_verp, verp_address
@@ -292,6 +300,30 @@ def test_any_bodies_make_a_parseable_message_that_decodes_to_them(text, html):
     # The parser keeps quoted-printable's CRLF hard breaks in the decoded text.
     assert _lf(parts[0].get_content()) == _lf(text)
     assert _lf(parts[1].get_content()) == _lf(html)
+
+
+def _longest_line(encoded: bytes) -> int:
+    return max(len(line) for line in encoded.split(b"\r\n"))
+
+
+@settings(deadline=None)
+@given(st.lists(st.text().map(lambda text: text.replace("\r", "\n")), max_size=8), st.text())
+def test_a_body_joined_from_quoted_printable_pieces_decodes_to_the_joined_texts(pieces, html):
+    """How a digest's pre-encoded static parts and each reader's fields become one body.
+    (The digest's template normalises line breaks before it is cut into pieces.)"""
+    body = EncodedBody.joined(qp_piece(piece) for piece in pieces)
+    assert _lf(body.decoded()) == _lf("".join(pieces))
+    raw = build_mime(_message(body, html))  # type: ignore[arg-type]
+    _assert_lines_are_crlf_and_short(raw)
+    parsed = message_from_bytes(raw, policy=policy.default)
+    text_part, html_part = parsed.iter_parts()
+    assert not text_part.defects
+    assert _lf(text_part.get_content()) == _lf("".join(pieces))
+    assert _lf(html_part.get_content()) == _lf(html)
+    # No longer lines than quoting each piece alone writes (binascii can write 77 or 78
+    # when it quotes trailing white space, as it does for whole bodies).
+    own = [_longest_line(quoted_printable(piece)) for piece in pieces]
+    assert _longest_line(body.qp) <= max([MAX_QP_LINE, *own])
 
 
 # Subjects as the templates make them: a fixed phrase and a list of topic names
