@@ -150,6 +150,7 @@ def _send_group(session: Session, claimed: list[ClaimedDelivery], transport: Tra
         now = utcnow()
         try:
             message = _compose(delivery, subscriber, settings, digests, now)
+            raw = build_mime(message)
         except SQLAlchemyError:
             raise
         except Exception:
@@ -158,7 +159,7 @@ def _send_group(session: Session, claimed: list[ClaimedDelivery], transport: Tra
             outcomes.finish(delivery, DeliveryState.FAILED, "the message could not be composed")
             continue
         try:
-            transport.send(envelope_sender(delivery, message, settings), [message.to], build_mime(message),
+            transport.send(envelope_sender(delivery, message, settings), [message.to], raw,
                            subject=message.subject, message_id=message.message_id)
         except PermanentSendError as error:
             outcomes.fail(delivery, error.reply, message.message_id)

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import select
 
 from service.config import get_settings
-from service.deliveries import RetryLater, deliver, reschedule_stalled, stalled_delivery_ids
+from service.deliveries import RetryLater, deliver, deliver_many, reschedule_stalled, stalled_delivery_ids
 from service.extensions import db
 from service.mail.transport import OutboxTransport, SMTPSettings, SMTPTransport, transport_for
 from service.models import (
@@ -195,3 +195,25 @@ def test_with_a_bounce_address_the_envelope_sender_is_a_verp_address(stack, app,
         assert delivery_id_from_verp(received.mail_from, "bounces@example.com",
                                      [settings.SECRET_KEY]) == delivery_id
         assert received.message["From"] == "Marvel News <news@example.com>"
+
+
+def test_a_message_that_cannot_be_built_fails_alone_and_the_rest_of_its_group_goes_out(session, smtp):
+    """A row whose address holds a line break (imported data, say: the form refuses it) would
+    inject a header; it fails with a reason, and the group's other messages are sent."""
+    ids = []
+    for email in ("first@example.com", "broken@example.com", "last@example.com"):
+        outcome = subscribe(session, SubscriptionRequest(email, ["marvel-news"]), "weekly")
+        ids.extend(outcome.delivery_ids)
+    session.commit()
+    broken = session.scalars(select(Subscriber).where(Subscriber.email == "broken@example.com")).one()
+    broken.email = "broken@example.com\r\nBcc: victim@example.com"
+    session.commit()
+    settings = get_settings()
+    with SMTPTransport(SMTPSettings(settings.SMTP_HOST, settings.SMTP_PORT)) as transport:
+        batch = deliver_many(session, ids, transport, settings)
+    assert [result.state for result in batch.results] == [
+        DeliveryState.SENT, DeliveryState.FAILED, DeliveryState.SENT]
+    assert session.get(Delivery, ids[1]).last_error == "the message could not be composed"
+    smtp.wait_for("first@example.com")
+    smtp.wait_for("last@example.com")
+    assert smtp.messages_to("victim@example.com") == []
