@@ -146,7 +146,8 @@ def _send_group(session: Session, claimed: list[ClaimedDelivery], transport: Tra
         if reason is not None or subscriber is None:
             outcomes.finish(delivery, DeliveryState.SUPPRESSED, reason or "subscriber gone")
             continue
-        lease.keep(outcomes.unsettled())
+        # Every row of the group: those sent already stay *sending* until the group is recorded.
+        lease.keep([d.id for d in claimed])
         now = utcnow()
         try:
             message = _compose(delivery, subscriber, settings, digests, now)
@@ -253,8 +254,8 @@ def _why_not_wanted(delivery: ClaimedDelivery, subscriber: Subscriber | None, su
 
 
 class _Lease:
-    """Renews the claim of a group's unsent rows when sending it takes long (a slow relay,
-    a low SEND_RATE_LIMIT), so the sweep does not hand them to another worker meanwhile."""
+    """Renews the claim of a group's rows when sending it takes long (a slow relay, a low
+    SEND_RATE_LIMIT), so the sweep does not hand them to another worker meanwhile."""
 
     def __init__(self, session: Session, settings: Settings) -> None:
         self._session = session
@@ -282,9 +283,6 @@ class _Outcomes:
     results: dict[int, DeliveryResult] = field(default_factory=dict)
     changes: dict[int, dict[str, Any]] = field(default_factory=dict)
     reader_errors: dict[int, str] = field(default_factory=dict)
-
-    def unsettled(self) -> list[int]:
-        return [d.id for d in self.claimed if d.id not in self.results]
 
     def sent(self, delivery: ClaimedDelivery, message_id: str, sent_at: datetime) -> None:
         self._set(delivery, DeliveryState.SENT, None, message_id=message_id, sent_at=sent_at)
