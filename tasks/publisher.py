@@ -12,7 +12,8 @@ outcome under that id (``send_delivery_batch``).
 
 Nothing is lost if the process dies with ids still in hand: the rows are
 committed before they get here, and the sweep publishes any delivery whose
-task never came (``DELIVERY_STALE_SECONDS``).
+task never came (``DELIVERY_STALE_SECONDS``). For the same reason, while the
+broker is down the thread drops what is queued rather than let it pile up.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ MAX_IDS_PER_TASK = 200
 
 
 class BackgroundPublisher:
-    """One per web process; its thread starts on first use, and again after a fork."""
+    """One per web process; its thread starts on first use, again after a fork, and again
+    if it has stopped."""
 
     def __init__(self, app: Flask) -> None:
         self._app = app
@@ -57,7 +59,11 @@ class BackgroundPublisher:
         ids = list(delivery_ids)
         if not ids:
             return
-        self._ensure_thread()
+        try:
+            self._ensure_thread()
+        except RuntimeError as error:  # can't start a thread: the rows are stored, the sweep sends
+            log.warning("no publisher thread (%s); %d confirmation(s) left for the sweep", error, len(ids))
+            return
         request_id = request_id_var.get()
         for delivery_id in ids:
             self._ids.put((delivery_id, request_id))
@@ -70,18 +76,23 @@ class BackgroundPublisher:
         self._ids.put(None)
         thread.join(timeout)
 
+    def _running_here(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self._owner_pid == os.getpid()
+
     def _ensure_thread(self) -> None:
-        if self._thread is not None and self._owner_pid == os.getpid():
+        if self._running_here():
             return
         with self._lock:
-            if self._thread is not None and self._owner_pid == os.getpid():
+            if self._running_here():
                 return
-            # A forked child (gunicorn's workers) inherits the object but not the thread.
-            self._ids = queue.SimpleQueue()
-            self._owner_pid = os.getpid()
+            if self._owner_pid != os.getpid():
+                # A forked child (gunicorn's workers) inherits the object but not the thread,
+                # and the parent's queued ids are the parent's to publish.
+                self._ids = queue.SimpleQueue()
+                self._owner_pid = os.getpid()
+                atexit.register(self.close)
             self._thread = threading.Thread(target=self._run, name="confirmation-publisher", daemon=True)
             self._thread.start()
-            atexit.register(self.close)
 
     def _run(self) -> None:
         stopping = False
@@ -100,14 +111,35 @@ class BackgroundPublisher:
                     stopping = True
                     break
                 batch.append(item)
-            delivery_ids = [delivery_id for delivery_id, _ in batch]
-            request_ids = [request_id for _, request_id in batch]
+            if not self._publish(batch):
+                # The broker is down: what is queued would only wait for it and pile up.
+                dropped, stopping = self._drop_queued(stopping)
+                if dropped:
+                    log.warning("broker unavailable: %d more confirmation(s) left for the sweep", dropped)
+
+    def _publish(self, batch: list[tuple[int, str | None]]) -> bool:
+        delivery_ids = [delivery_id for delivery_id, _ in batch]
+        request_ids = [request_id for _, request_id in batch]
+        try:
+            with self._app.app_context():
+                published = publish_batches(delivery_ids, MAX_IDS_PER_TASK,
+                                            request_ids if any(request_ids) else None)
+        except Exception:
+            log.exception("publishing %d confirmation(s) failed; left for the sweep", len(batch))
+            return False
+        return published == len(delivery_ids)
+
+    def _drop_queued(self, stopping: bool) -> tuple[int, bool]:
+        dropped = 0
+        while True:
             try:
-                with self._app.app_context():
-                    publish_batches(delivery_ids, MAX_IDS_PER_TASK,
-                                    request_ids if any(request_ids) else None)
-            except Exception:
-                log.exception("publishing %d confirmation(s) failed; left for the sweep", len(batch))
+                item = self._ids.get_nowait()
+            except queue.Empty:
+                return dropped, stopping
+            if item is None:
+                stopping = True
+            else:
+                dropped += 1
 
 
 def publish_soon(delivery_ids: Iterable[int]) -> None:

@@ -52,11 +52,22 @@ def test_a_long_queue_is_split_into_tasks_of_the_largest_size(app):
     assert all(request_ids is None for _, _, request_ids in published)  # no request, no ids to carry
 
 
-def test_a_broker_that_is_down_is_logged_and_never_raised(tmp_path, caplog):
+def test_a_broker_that_is_down_is_logged_never_raised_and_nothing_piles_up(tmp_path, caplog):
     app = create_app({"SECRET_KEY": "publisher-test-key-long-enough", "INSTANCE_PATH": str(tmp_path),
                       "CELERY_BROKER_URL": "redis://127.0.0.1:1/0", "SEED_DEMO_TOPICS": "false"})
     publisher = app.extensions["publisher"]
     with caplog.at_level(logging.WARNING):
-        publisher.submit([7])
+        publisher.submit(range(MAX_IDS_PER_TASK + 100))
         publisher.close(timeout=30)
-    assert "left for the sweep" in caplog.text
+    # The first task's publish fails; the ids queued behind it are dropped, not kept waiting.
+    assert f"a batch of {MAX_IDS_PER_TASK} deliveries" in caplog.text
+    assert "broker unavailable: 100 more confirmation(s) left for the sweep" in caplog.text
+
+
+def test_a_publisher_whose_thread_has_stopped_starts_it_again(app):
+    publisher = app.extensions["publisher"]
+    publisher.submit([1])
+    publisher.close()
+    publisher.submit([2])
+    publisher.close()
+    assert [ids for _, ids, _ in _published(app)] == [[1], [2]]
