@@ -4,7 +4,7 @@ import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from service.consent import ConsentContext
 from service.extensions import db
@@ -330,7 +330,7 @@ def _rows_of(session, subscriber_id: int) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("frequency", [None, "daily"])
-def test_a_new_reader_is_stored_alike_in_one_statement_and_in_steps(session, frequency):
+def test_a_new_reader_is_stored_alike_in_one_statement_and_in_steps(stack, session, frequency):
     """On PostgreSQL a new address takes the one-statement path (service.new_readers); it must
     leave exactly the rows the step-by-step path leaves. (On SQLite both calls take the steps.)"""
     session.scalars(select(Topic).where(Topic.slug == "tv-news")).one().default_frequency = Frequency.DAILY
@@ -339,7 +339,16 @@ def test_a_new_reader_is_stored_alike_in_one_statement_and_in_steps(session, fre
                              ip_address="192.0.2.1", user_agent="Agent " * 200)
     fields = {"name": "Peggy", "frequency": frequency, "timezone": "Europe/Berlin", "consent": consent}
     topics = ["Marvel-News", "tv-news", "marvel-news"]
-    fast = subscribe(session, SubscriptionRequest("fast@example.com", topics, **fields), "weekly")
+    statements: list[str] = []
+    engine = session.get_bind()
+    record = lambda conn, cursor, statement, *rest: statements.append(statement)  # noqa: E731
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        fast = subscribe(session, SubscriptionRequest("fast@example.com", topics, **fields), "weekly")
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    if stack.name == "postgres":
+        assert len(statements) == 1, statements  # the whole post, topics included, in one statement
     steps = subscribe_in_steps(session, SubscriptionRequest("steps@example.com", topics, **fields), "weekly")
     session.commit()
     assert len(fast.delivery_ids) == len(steps.delivery_ids) == 1
