@@ -4,7 +4,7 @@ import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from service.articles import ArticleInput, ingest_articles
 from service.config import get_settings
@@ -230,6 +230,31 @@ def test_planning_walks_subscribers_in_batches(session, settings):
     batches = list(plan_digests(session, small_batches, MONDAY_9))
     assert [b.subscribers_seen for b in batches] == [2, 2, 1]
     assert sum(len(b.delivery_ids) for b in batches) == 5
+
+
+def test_postgres_statistics_see_the_first_planned_batch_before_any_is_sent(session, settings):
+    """Stale statistics made every claim read all queued rows (docs/benchmarks.md)."""
+    if session.get_bind().dialect.name != "postgresql":
+        pytest.skip("a PostgreSQL planner concern")
+    small_batches = dataclasses.replace(settings, DIGEST_PLAN_BATCH_SIZE=2)
+    for n in range(3):
+        reader(session, f"reader{n}@example.com", ["marvel-news"])
+    article(session, "News", ["marvel"], CONFIRMED + timedelta(hours=1))
+    started = session.scalar(select(func.clock_timestamp()))
+    session.commit()
+
+    def last_analysed() -> datetime | None:
+        session.commit()  # statistics views keep one snapshot per transaction
+        return session.scalar(text(
+            "SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'deliveries'"))
+
+    batches = plan_digests(session, small_batches, MONDAY_9)
+    next(batches)
+    analysed = last_analysed()
+    assert analysed is not None and analysed >= started
+    assert session.scalar(select(func.count()).where(Delivery.kind == DeliveryKind.DIGEST)) == 2
+    assert sum(len(b.delivery_ids) for b in batches) == 1
+    assert last_analysed() == analysed  # once per planning run, not per batch
 
 
 def test_the_preview_shows_the_next_digest_and_plans_nothing(session, settings):
