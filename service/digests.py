@@ -19,7 +19,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import CTE, ColumnElement, Select, Subquery, and_, exists, func, literal, select, text, update
+from sqlalchemy import (
+    CTE,
+    ColumnElement,
+    Select,
+    Subquery,
+    and_,
+    exists,
+    func,
+    literal,
+    select,
+    text,
+    true,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
@@ -51,6 +64,31 @@ class DigestFilter:
 
     frequency: Frequency | None = None
     topic_id: int | None = None
+
+
+@dataclass(frozen=True)
+class ReaderBatch:
+    """The readers of ``group`` with ids in (after, last]: a planning batch, or one reader."""
+
+    group: ColumnElement[bool]
+    after: int
+    last: int
+
+    @classmethod
+    def of(cls, subscriber_id: int) -> ReaderBatch:
+        return cls(true(), subscriber_id - 1, subscriber_id)
+
+    def readers(self) -> ColumnElement[bool]:
+        return and_(self.group, Subscriber.id > self.after, Subscriber.id <= self.last)
+
+    def their_subscriptions(self) -> ColumnElement[bool]:
+        """The same id range on subscriptions, which PostgreSQL does not infer from the join.
+
+        Without it the planner found the subscriptions of each candidate
+        article's topic among all readers, not the batch's: every batch read
+        all subscriptions, so planning grew with the square of the readers.
+        """
+        return and_(Subscription.subscriber_id > self.after, Subscription.subscriber_id <= self.last)
 
 
 @dataclass(frozen=True)
@@ -90,9 +128,9 @@ def plan_digests(session: Session, settings: Settings, now: datetime | None = No
             batch_ids = _next_subscriber_batch(session, group, after, settings.DIGEST_PLAN_BATCH_SIZE)
             if not batch_ids:
                 break
-            readers = and_(group, Subscriber.id > after, Subscriber.id <= batch_ids[-1])
+            batch = ReaderBatch(group, after, batch_ids[-1])
             after = batch_ids[-1]
-            delivery_ids = _plan_batch(session, settings, readers, period.key, now)
+            delivery_ids = _plan_batch(session, settings, batch, period.key, now)
             session.commit()
             if delivery_ids and not statistics_fresh:
                 _refresh_ledger_statistics(session)
@@ -116,16 +154,14 @@ def _refresh_ledger_statistics(session: Session) -> None:
         session.commit()
 
 
-def digest_selection(settings: Settings, readers: ColumnElement[bool], cutoff: datetime) -> Select:
-    """(subscriber_id, article_id, topic_id, published_at) of what each subscriber would get now.
-
-    ``readers`` picks the subscribers, e.g. ``Subscriber.id == 7`` or a planning batch.
-    """
-    batch = readers
+def digest_selection(settings: Settings, batch: ReaderBatch, cutoff: datetime) -> Select:
+    """(subscriber_id, article_id, topic_id, published_at) of what each of the batch's readers
+    would get now."""
+    readers = batch.readers()
     # The articles of each topic that anyone in the batch could still get: a few
     # dozen rows, found once per batch rather than through the tags per reader.
     oldest_start = select(func.min(func.coalesce(Subscriber.digest_since, Subscriber.confirmed_at))) \
-        .where(batch).scalar_subquery()
+        .where(readers).scalar_subquery()
     candidates = (
         select(topic_tags.c.topic_id, Article.id.label("article_id"), Article.published_at)
         .join(Topic, and_(Topic.id == topic_tags.c.topic_id, Topic.retired_at.is_(None)))
@@ -144,11 +180,11 @@ def digest_selection(settings: Settings, readers: ColumnElement[bool], cutoff: d
             candidates.c.published_at,
         )
         .select_from(Subscriber)
-        .join(Subscription, and_(Subscription.subscriber_id == Subscriber.id,
+        .join(Subscription, and_(Subscription.subscriber_id == Subscriber.id, batch.their_subscriptions(),
                                  Subscription.status == SubscriptionStatus.CONFIRMED))
         .join(candidates, candidates.c.topic_id == Subscription.topic_id)
         .where(
-            batch,
+            readers,
             Subscriber.status == SubscriberStatus.CONFIRMED,
             Subscriber.suppressed_at.is_(None),
             candidates.c.published_at > func.coalesce(Subscriber.digest_since, Subscriber.confirmed_at),
@@ -194,7 +230,7 @@ def _next_subscriber_batch(session: Session, group: ColumnElement[bool], after: 
         select(Subscriber.id).where(group, Subscriber.id > after).order_by(Subscriber.id).limit(size)))
 
 
-def _plan_batch(session: Session, settings: Settings, readers: ColumnElement[bool], period: str,
+def _plan_batch(session: Session, settings: Settings, batch: ReaderBatch, period: str,
                 now: datetime) -> list[int]:
     """Plan one batch: its deliveries and their items; returns the new deliveries' ids.
 
@@ -202,8 +238,8 @@ def _plan_batch(session: Session, settings: Settings, readers: ColumnElement[boo
     second planning of the same period (a duplicate beat) a no-op.
     """
     if session.get_bind().dialect.name == "postgresql":
-        return _plan_batch_in_one_statement(session, settings, readers, period, now)
-    return _plan_batch_in_steps(session, settings, readers, period, now)
+        return _plan_batch_in_one_statement(session, settings, batch, period, now)
+    return _plan_batch_in_steps(session, settings, batch, period, now)
 
 
 _DELIVERY_COLUMNS = ["kind", "subscriber_id", "period", "state", "attempts", "created_at", "updated_at",
@@ -219,11 +255,11 @@ def _new_delivery_rows(selection: Subquery | CTE, period: str, now: datetime) ->
     ).where(selection.c.subscriber_id.is_not(None)).distinct()  # SQLite needs a WHERE before ON CONFLICT
 
 
-def _plan_batch_in_one_statement(session: Session, settings: Settings, readers: ColumnElement[bool],
+def _plan_batch_in_one_statement(session: Session, settings: Settings, batch: ReaderBatch,
                                  period: str, now: datetime) -> list[int]:
     """PostgreSQL: the selection is computed once and feeds the deliveries, their items and the
     readers' digest_since, in one statement (data-modifying CTEs)."""
-    selection = digest_selection(settings, readers, now).cte("selection")
+    selection = digest_selection(settings, batch, now).cte("selection")
     new_deliveries = (
         postgresql.insert(Delivery).from_select(_DELIVERY_COLUMNS, _new_delivery_rows(selection, period, now))
         .on_conflict_do_nothing()
@@ -245,10 +281,10 @@ def _plan_batch_in_one_statement(session: Session, settings: Settings, readers: 
         select(new_deliveries.c.id).order_by(new_deliveries.c.id).add_cte(new_items, readers_planned)))
 
 
-def _plan_batch_in_steps(session: Session, settings: Settings, readers: ColumnElement[bool], period: str,
+def _plan_batch_in_steps(session: Session, settings: Settings, batch: ReaderBatch, period: str,
                          now: datetime) -> list[int]:
     """SQLite (no data-modifying CTEs): deliveries, then items, then digest_since."""
-    selection = digest_selection(settings, readers, now).subquery("selection")
+    selection = digest_selection(settings, batch, now).subquery("selection")
     session.execute(sqlite.insert(Delivery).from_select(
         _DELIVERY_COLUMNS, _new_delivery_rows(selection, period, now)).on_conflict_do_nothing())
 
@@ -264,7 +300,7 @@ def _plan_batch_in_steps(session: Session, settings: Settings, readers: ColumnEl
 
     planned_now = list(session.scalars(
         select(Delivery.id).where(
-            Delivery.subscriber_id.in_(select(Subscriber.id).where(readers)),
+            Delivery.subscriber_id.in_(select(Subscriber.id).where(batch.readers())),
             Delivery.kind == DeliveryKind.DIGEST, Delivery.period == period, Delivery.created_at == now,
         ).order_by(Delivery.id)
     ))
@@ -284,7 +320,7 @@ def preview_digest(session: Session, settings: Settings, subscriber: Subscriber,
 
     Reads only: nothing is planned, sent or marked as received.
     """
-    rows = session.execute(digest_selection(settings, Subscriber.id == subscriber.id, now or utcnow())).all()
+    rows = session.execute(digest_selection(settings, ReaderBatch.of(subscriber.id), now or utcnow())).all()
     if not rows:
         return None
     articles = {a.id: a for a in session.scalars(
