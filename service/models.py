@@ -276,16 +276,17 @@ class DigestItem(db.Model):
     for 100,000 readers. Its rows are written only by digest planning, from a
     selection that joins the subscriber, article and topic in the same
     statement, and articles and topics are never deleted (topics are retired);
-    erasure deletes a reader's items itself. So only the delivery is a foreign
-    key: checking the other three for every row was half the cost of planning
-    (docs/benchmarks.md).
+    erasure deletes a reader's items itself. The delivery is written by the same
+    statement, and deliveries are never deleted. So none of the four is a
+    foreign key: checking them row by row was more than half the cost of
+    planning (docs/benchmarks.md).
     """
 
     __tablename__ = "digest_items"
 
     subscriber_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     article_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
-    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"), index=True)
+    delivery_id: Mapped[int] = mapped_column(index=True)
     topic_id: Mapped[int]
 
     article: Mapped[Article] = relationship(primaryjoin="foreign(DigestItem.article_id) == Article.id")
