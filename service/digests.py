@@ -29,7 +29,6 @@ from sqlalchemy import (
     func,
     literal,
     select,
-    text,
     true,
     update,
 )
@@ -37,6 +36,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
 from service.config import Settings
+from service.ledger_statistics import LedgerStatistics
 from service.mail.compose import digest_sections, render_digest
 from service.mail.rendering import RenderedEmail
 from service.models import (
@@ -66,7 +66,7 @@ class DigestFilter:
     topic_id: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # SQL expressions do not compare as values
 class ReaderBatch:
     """The readers of ``group`` with ids in (after, last]: a planning batch, or one reader."""
 
@@ -114,7 +114,7 @@ def plan_digests(session: Session, settings: Settings, now: datetime | None = No
         .distinct()
         .order_by(Subscriber.timezone, Subscriber.frequency)
     ).all()
-    statistics_fresh = False
+    statistics = LedgerStatistics(session, settings.DIGEST_PLAN_BATCH_SIZE)
     for timezone, frequency in groups:
         if only.frequency is not None and frequency != only.frequency:
             continue
@@ -132,26 +132,8 @@ def plan_digests(session: Session, settings: Settings, now: datetime | None = No
             after = batch_ids[-1]
             delivery_ids = _plan_batch(session, settings, batch, period.key, now)
             session.commit()
-            if delivery_ids and not statistics_fresh:
-                _refresh_ledger_statistics(session)
-                statistics_fresh = True
+            statistics.planned(len(delivery_ids))
             yield PlannedBatch(period.key, len(batch_ids), delivery_ids)
-
-
-def _refresh_ledger_statistics(session: Session) -> None:
-    """Let PostgreSQL's planner see the ledger as the first planned batch left it.
-
-    A fan-out adds thousands of queued deliveries at once, and autovacuum
-    analyses the table a minute or more later. Until then the planner believes
-    next to nothing is queued, and serves each worker's claim of a group of
-    rows by id from the state index instead, reading every queued row each
-    time: a claim took 30 ms instead of 0.2 ms at 30,000 readers, and more
-    the larger the fan-out (docs/benchmarks.md). Without the right to analyse
-    (not the tables' owner) PostgreSQL only warns.
-    """
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("ANALYZE deliveries, digest_items"))
-        session.commit()
 
 
 def digest_selection(settings: Settings, batch: ReaderBatch, cutoff: datetime) -> Select:

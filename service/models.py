@@ -277,7 +277,7 @@ class DigestItem(db.Model):
     selection that joins the subscriber, article and topic in the same
     statement, and articles and topics are never deleted (topics are retired);
     erasure deletes a reader's items itself. The delivery is written by the same
-    statement, and deliveries are never deleted. So none of the four is a
+    planning step, and deliveries are never deleted. So none of the four is a
     foreign key: checking them row by row was more than half the cost of
     planning (docs/benchmarks.md).
     """

@@ -1,6 +1,7 @@
 """Digest planning (service.digests) on the real databases, with explicit clocks."""
 
 import dataclasses
+import logging
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -232,10 +233,19 @@ def test_planning_walks_subscribers_in_batches(session, settings):
     assert sum(len(b.delivery_ids) for b in batches) == 5
 
 
-def test_postgres_statistics_see_the_first_planned_batch_before_any_is_sent(session, settings):
-    """Stale statistics made every claim read all queued rows (docs/benchmarks.md)."""
+def _last_analysed(session) -> datetime | None:
+    session.commit()  # statistics views keep one snapshot per transaction
+    return session.scalar(text("SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'deliveries'"))
+
+
+def _postgres_only(session) -> None:
     if session.get_bind().dialect.name != "postgresql":
         pytest.skip("a PostgreSQL planner concern")
+
+
+def test_postgres_statistics_see_a_large_send_before_its_first_batch_goes_out(session, settings):
+    """Stale statistics made every claim read all queued rows (docs/benchmarks.md)."""
+    _postgres_only(session)
     small_batches = dataclasses.replace(settings, DIGEST_PLAN_BATCH_SIZE=2)
     for n in range(3):
         reader(session, f"reader{n}@example.com", ["marvel-news"])
@@ -243,18 +253,48 @@ def test_postgres_statistics_see_the_first_planned_batch_before_any_is_sent(sess
     started = session.scalar(select(func.clock_timestamp()))
     session.commit()
 
-    def last_analysed() -> datetime | None:
-        session.commit()  # statistics views keep one snapshot per transaction
-        return session.scalar(text(
-            "SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'deliveries'"))
-
     batches = plan_digests(session, small_batches, MONDAY_9)
-    next(batches)
-    analysed = last_analysed()
+    next(batches)  # two planned: the threshold (a batch's size) is reached
+    analysed = _last_analysed(session)
     assert analysed is not None and analysed >= started
-    assert session.scalar(select(func.count()).where(Delivery.kind == DeliveryKind.DIGEST)) == 2
+    common_states = session.scalar(text(
+        "SELECT most_common_vals::text FROM pg_stats WHERE tablename = 'deliveries' AND attname = 'state'"))
+    assert "queued" in common_states
     assert sum(len(b.delivery_ids) for b in batches) == 1
-    assert last_analysed() == analysed  # once per planning run, not per batch
+    assert _last_analysed(session) == analysed  # once per planning run, not per batch
+
+
+def test_postgres_statistics_are_left_to_autovacuum_for_a_small_send(session, settings):
+    _postgres_only(session)
+    for n in range(3):
+        reader(session, f"reader{n}@example.com", ["marvel-news"])
+    article(session, "News", ["marvel"], CONFIRMED + timedelta(hours=1))
+    before = _last_analysed(session)
+    assert len(plan(session, dataclasses.replace(settings, DIGEST_PLAN_BATCH_SIZE=10), MONDAY_9)) == 3
+    assert _last_analysed(session) == before
+
+
+def test_a_role_that_cannot_analyse_the_ledger_is_told_and_planning_goes_on(session, settings, caplog):
+    _postgres_only(session)
+    reader(session, "reader@example.com", ["marvel-news"])
+    article(session, "News", ["marvel"], CONFIRMED + timedelta(hours=1))
+    session.execute(text("DROP ROLE IF EXISTS newsletter_test_guest"))
+    session.execute(text("CREATE ROLE newsletter_test_guest"))
+    session.execute(text("GRANT ALL ON ALL TABLES IN SCHEMA public TO newsletter_test_guest"))
+    session.execute(text("GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO newsletter_test_guest"))
+    session.commit()
+    try:
+        session.execute(text("SET ROLE newsletter_test_guest"))
+        with caplog.at_level(logging.WARNING, logger="service.ledger_statistics"):
+            planned = plan(session, dataclasses.replace(settings, DIGEST_PLAN_BATCH_SIZE=1), MONDAY_9)
+        assert len(planned) == 1
+        assert "cannot analyse" in caplog.text
+    finally:
+        session.rollback()
+        session.execute(text("RESET ROLE"))
+        session.execute(text("DROP OWNED BY newsletter_test_guest"))
+        session.execute(text("DROP ROLE newsletter_test_guest"))
+        session.commit()
 
 
 def test_the_preview_shows_the_next_digest_and_plans_nothing(session, settings):
