@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
 
 from service.articles import ArticleInput, ingest_articles
 from service.config import get_settings
@@ -283,15 +284,19 @@ def test_a_role_that_cannot_analyse_the_ledger_is_told_and_planning_goes_on(sess
     session.execute(text("GRANT ALL ON ALL TABLES IN SCHEMA public TO newsletter_test_guest"))
     session.execute(text("GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO newsletter_test_guest"))
     session.commit()
+    # A connection of its own, never handed back to the pool with the role still set.
+    connection = session.get_bind().connect()
     try:
-        session.execute(text("SET ROLE newsletter_test_guest"))
-        with caplog.at_level(logging.WARNING, logger="service.ledger_statistics"):
-            planned = plan(session, dataclasses.replace(settings, DIGEST_PLAN_BATCH_SIZE=1), MONDAY_9)
+        connection.execute(text("SET ROLE newsletter_test_guest"))
+        connection.commit()
+        with Session(bind=connection) as guest, \
+                caplog.at_level(logging.WARNING, logger="service.ledger_statistics"):
+            planned = plan(guest, dataclasses.replace(settings, DIGEST_PLAN_BATCH_SIZE=1), MONDAY_9)
         assert len(planned) == 1
         assert "cannot analyse" in caplog.text
     finally:
-        session.rollback()
-        session.execute(text("RESET ROLE"))
+        connection.invalidate()
+        connection.close()
         session.execute(text("DROP OWNED BY newsletter_test_guest"))
         session.execute(text("DROP ROLE newsletter_test_guest"))
         session.commit()
