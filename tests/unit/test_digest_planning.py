@@ -279,27 +279,34 @@ def test_a_role_that_cannot_analyse_the_ledger_is_told_and_planning_goes_on(sess
     _postgres_only(session)
     reader(session, "reader@example.com", ["marvel-news"])
     article(session, "News", ["marvel"], CONFIRMED + timedelta(hours=1))
-    session.execute(text("DROP ROLE IF EXISTS newsletter_test_guest"))
-    session.execute(text("CREATE ROLE newsletter_test_guest"))
-    session.execute(text("GRANT ALL ON ALL TABLES IN SCHEMA public TO newsletter_test_guest"))
-    session.execute(text("GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO newsletter_test_guest"))
+    # Roles belong to the whole server: one per test database, and whatever a killed run left dropped.
+    guest = "guest_of_" + session.scalar(text("SELECT current_database()"))
+    _drop_role(session, guest)
+    session.execute(text(f"CREATE ROLE {guest}"))
+    session.execute(text(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {guest}"))
+    session.execute(text(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {guest}"))
     session.commit()
     # A connection of its own, never handed back to the pool with the role still set.
     connection = session.get_bind().connect()
     try:
-        connection.execute(text("SET ROLE newsletter_test_guest"))
+        connection.execute(text(f"SET ROLE {guest}"))
         connection.commit()
-        with Session(bind=connection) as guest, \
+        with Session(bind=connection) as as_guest, \
                 caplog.at_level(logging.WARNING, logger="service.ledger_statistics"):
-            planned = plan(guest, dataclasses.replace(settings, DIGEST_PLAN_BATCH_SIZE=1), MONDAY_9)
+            planned = plan(as_guest, dataclasses.replace(settings, DIGEST_PLAN_BATCH_SIZE=1), MONDAY_9)
         assert len(planned) == 1
         assert "cannot analyse" in caplog.text
     finally:
         connection.invalidate()
         connection.close()
-        session.execute(text("DROP OWNED BY newsletter_test_guest"))
-        session.execute(text("DROP ROLE newsletter_test_guest"))
-        session.commit()
+        _drop_role(session, guest)
+
+
+def _drop_role(session, role: str) -> None:
+    if session.scalar(text("SELECT count(*) FROM pg_roles WHERE rolname = :role"), {"role": role}):
+        session.execute(text(f"DROP OWNED BY {role}"))  # its grants in this database
+        session.execute(text(f"DROP ROLE {role}"))
+    session.commit()
 
 
 def test_the_preview_shows_the_next_digest_and_plans_nothing(session, settings):
