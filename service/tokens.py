@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask import current_app
@@ -44,11 +44,18 @@ class TokenSigner:
 
     secret_key: str
     fallback_keys: tuple[str, ...] = ()
+    # Building a serializer costs as much as signing with one; a digest signs two links per reader.
+    _serializers: dict[TokenPurpose, URLSafeTimedSerializer] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     def _serializer(self, purpose: TokenPurpose) -> URLSafeTimedSerializer:
-        # itsdangerous signs with the last key of the list and verifies with all.
-        keys = [*reversed(self.fallback_keys), self.secret_key]
-        return URLSafeTimedSerializer(keys, salt=f"newsletter.{purpose.value}")
+        serializer = self._serializers.get(purpose)
+        if serializer is None:
+            # itsdangerous signs with the last key of the list and verifies with all.
+            keys = [*reversed(self.fallback_keys), self.secret_key]
+            serializer = URLSafeTimedSerializer(keys, salt=f"newsletter.{purpose.value}")
+            self._serializers[purpose] = serializer
+        return serializer
 
     def sign(self, purpose: TokenPurpose, claims: dict[str, Any]) -> str:
         token = self._serializer(purpose).dumps(claims)
