@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from service.config import Settings
 from service.mail.compose import DigestComposer, compose_confirmation
 from service.mail.message import OutgoingMessage, build_mime
-from service.mail.transport import PermanentSendError, TemporarySendError, Transport
+from service.mail.transport import Envelope, PermanentSendError, Transport
 from service.models import (
     Delivery,
     DeliveryKind,
@@ -140,6 +140,21 @@ def _send_group(session: Session, claimed: list[ClaimedDelivery], transport: Tra
     suppressed = suppressed_addresses(session, [s.email for s in subscribers.values()])
     digests.load(d.id for d in claimed if d.kind == DeliveryKind.DIGEST)
     lease = _Lease(session, settings)
+    sendable = _sendable(claimed, subscribers, suppressed, settings, digests, outcomes, lease)
+    for (delivery, message_id, now), error in transport.send_all(sendable):
+        if error is None:
+            outcomes.sent(delivery, message_id, now)
+        elif isinstance(error, PermanentSendError):
+            outcomes.fail(delivery, error.reply, message_id)
+        else:
+            outcomes.defer(delivery, settings, error.reply, message_id)
+
+
+def _sendable(claimed: list[ClaimedDelivery], subscribers: dict[int, Subscriber], suppressed: set[str],
+              settings: Settings, digests: DigestComposer, outcomes: _Outcomes, lease: _Lease
+              ) -> Iterator[tuple[tuple[ClaimedDelivery, str, datetime], Envelope]]:
+    """The group's messages, made one at a time as the transport takes them; the rest are
+    recorded as not sent."""
     for delivery in claimed:
         subscriber = subscribers.get(delivery.subscriber_id or 0)
         reason = _why_not_wanted(delivery, subscriber, suppressed)
@@ -159,15 +174,9 @@ def _send_group(session: Session, claimed: list[ClaimedDelivery], transport: Tra
             log.exception("delivery %s could not be composed", delivery.id)
             outcomes.finish(delivery, DeliveryState.FAILED, "the message could not be composed")
             continue
-        try:
-            transport.send(envelope_sender(delivery, message, settings), [message.to], raw,
-                           subject=message.subject, message_id=message.message_id)
-        except PermanentSendError as error:
-            outcomes.fail(delivery, error.reply, message.message_id)
-        except TemporarySendError as error:
-            outcomes.defer(delivery, settings, error.reply, message.message_id)
-        else:
-            outcomes.sent(delivery, message.message_id, now)
+        envelope = Envelope(envelope_sender(delivery, message, settings), (message.to,), raw,
+                            message.subject, message.message_id)
+        yield (delivery, message.message_id, now), envelope
 
 
 def stalled_delivery_ids(session: Session, settings: Settings, limit: int = 500) -> list[int]:

@@ -29,7 +29,7 @@ from typing import Protocol
 import redis
 
 from service.config import Settings
-from service.mail.transport import PermanentSendError, SMTPSettings, SMTPTransport, TemporarySendError
+from service.mail.transport import PermanentSendError, SendError, SMTPSettings, SMTPTransport
 
 log = logging.getLogger(__name__)
 
@@ -300,17 +300,10 @@ class TimedSMTPTransport(SMTPTransport):
         self._metrics = metrics
         self._clock = clock
 
-    def send(self, envelope_from: str, recipients: Sequence[str], raw: bytes,
-             subject: str = "", message_id: str = "") -> None:
-        started = self._clock()
-        try:
-            super().send(envelope_from, recipients, raw, subject, message_id)
-        except PermanentSendError:
+    def _finished(self, seconds: float, error: SendError | None) -> None:
+        if isinstance(error, PermanentSendError):
             self._metrics.record_error("permanent")
-            raise
-        except TemporarySendError as error:
+        elif error is not None:
             # A 4xx reply names its code; a refused, dropped or timed-out connection has none.
             self._metrics.record_error("temporary" if _REPLY_CODE.match(error.reply) else "connection")
-            raise
-        finally:
-            self._metrics.observe(self._clock() - started)
+        self._metrics.observe(seconds)

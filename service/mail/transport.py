@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import smtplib
 import ssl
-from collections.abc import Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -39,16 +40,51 @@ class PermanentSendError(SendError):
     """Do not try again: a 5xx reply for this message or recipient."""
 
 
+@dataclass(frozen=True)
+class Envelope:
+    """A finished message and whom it goes to."""
+
+    sender: str
+    recipients: Sequence[str]
+    raw: bytes
+    subject: str = ""
+    message_id: str = ""
+
+
+K = TypeVar("K")
+Outcome = tuple[K, SendError | None]
+
+
 class Transport(Protocol):
     def send(self, envelope_from: str, recipients: Sequence[str], raw: bytes,
              subject: str, message_id: str) -> None: ...
 
+    def send_all(self, messages: Iterable[tuple[K, Envelope]]) -> Iterator[Outcome[K]]:
+        """Send each keyed message; yield each key with its error (None when sent), in order."""
+        ...
+
     def close(self) -> None: ...
+
+
+def send_one_by_one(transport: Transport, messages: Iterable[tuple[K, Envelope]]) -> Iterator[Outcome[K]]:
+    """``send_all`` for a transport whose messages cannot overlap."""
+    for key, envelope in messages:
+        try:
+            transport.send(envelope.sender, envelope.recipients, envelope.raw, envelope.subject,
+                           envelope.message_id)
+        except SendError as error:
+            yield key, error
+        else:
+            yield key, None
 
 
 class PipeliningSMTP(smtplib.SMTP):
     """smtplib's client, sending MAIL, RCPT and DATA in one write where the server offers
     PIPELINING (RFC 2920): two round trips per message instead of 3 + recipients."""
+
+    def pipelines(self) -> bool:
+        self.ehlo_or_helo_if_needed()
+        return self.has_extn("pipelining")
 
     def send_pipelined(self, sender: str, recipients: list[str], message: bytes
                        ) -> dict[str, tuple[int, bytes]]:
@@ -57,14 +93,26 @@ class PipeliningSMTP(smtplib.SMTP):
         Returns the refused recipients, and raises as ``sendmail`` does; without
         PIPELINING it is ``sendmail``.
         """
-        self.ehlo_or_helo_if_needed()
-        if not self.has_extn("pipelining"):
+        if not self.pipelines():
             return self.sendmail(sender, recipients, message)
-        for address in (sender, *recipients):
-            if "\r" in address or "\n" in address or ">" in address:
-                raise ValueError(f"not an envelope address: {address!r}")
+        self.begin_message(sender, recipients)
+        refused = self.read_begin_replies(sender, recipients)
+        self.send_content(message)
+        code, reply = self.getreply()
+        if code != 250:
+            self._rset()
+            raise smtplib.SMTPDataError(code, reply)
+        return refused
+
+    def begin_message(self, sender: str, recipients: Sequence[str]) -> None:
+        """Write MAIL, RCPT and DATA at once; their replies are read by ``read_begin_replies``."""
+        if problem := envelope_problem(sender, recipients):
+            raise ValueError(problem)
         commands = [f"MAIL FROM:<{sender}>", *(f"RCPT TO:<{r}>" for r in recipients), "DATA"]
         self.send("".join(f"{command}\r\n" for command in commands))
+
+    def read_begin_replies(self, sender: str, recipients: Sequence[str]) -> dict[str, tuple[int, bytes]]:
+        """Read the replies to ``begin_message``: the refused recipients, or raise as ``sendmail``."""
         mail_reply = self.getreply()
         refused = {r: reply for r in recipients if (reply := self.getreply())[0] not in (250, 251)}
         data_code, data_message = self.getreply()
@@ -79,16 +127,23 @@ class PipeliningSMTP(smtplib.SMTP):
             if len(refused) == len(recipients):
                 raise smtplib.SMTPRecipientsRefused(refused)
             raise smtplib.SMTPDataError(data_code, data_message)
-        self.send(_dot_stuffed(message) + b".\r\n")
-        code, reply = self.getreply()
-        if code != 250:
-            self._rset()
-            raise smtplib.SMTPDataError(code, reply)
         return refused
+
+    def send_content(self, message: bytes) -> None:
+        """The message after DATA's 354, with the end-of-data line; its reply is read later."""
+        self.send(_dot_stuffed(message) + b".\r\n")
 
 
 class PipeliningSMTP_SSL(smtplib.SMTP_SSL, PipeliningSMTP):
     pass
+
+
+def envelope_problem(sender: str, recipients: Sequence[str]) -> str | None:
+    """Why these addresses cannot go into SMTP commands as they are, if they cannot."""
+    for address in (sender, *recipients):
+        if "\r" in address or "\n" in address or ">" in address:
+            return f"not an envelope address: {address!r}"
+    return None
 
 
 def _dot_stuffed(message: bytes) -> bytes:
@@ -109,8 +164,19 @@ class SMTPSettings:
     timeout: float = 30.0
 
 
+@dataclass(frozen=True)
+class _Unanswered(Generic[K]):
+    """A message sent in full whose end-of-data reply has not been read yet."""
+
+    key: K
+    seconds: float  # spent on it so far: its commands, their replies and its content
+    refused: dict[str, tuple[int, bytes]]
+
+
 class SMTPTransport:
     """One SMTP connection, opened lazily and reused for every message sent."""
+
+    _clock: Callable[[], float] = staticmethod(time.perf_counter)
 
     def __init__(self, settings: SMTPSettings) -> None:
         self._settings = settings
@@ -125,30 +191,125 @@ class SMTPTransport:
 
     def send(self, envelope_from: str, recipients: Sequence[str], raw: bytes,
              subject: str = "", message_id: str = "") -> None:
+        envelope = Envelope(envelope_from, recipients, raw, subject, message_id)
+        for _, error in self.send_all([(None, envelope)]):
+            if error is not None:
+                raise error
+
+    def send_all(self, messages: Iterable[tuple[K, Envelope]]) -> Iterator[Outcome[K]]:
+        """Send the messages over the one connection; yield each outcome in order.
+
+        Where the server offers PIPELINING, a message's MAIL, RCPT and DATA are
+        written before the reply to the previous message's end of data is read
+        (RFC 2920 lets message content open a group), so a message waits for the
+        server once instead of twice. Each outcome therefore comes after the next
+        message has been taken from ``messages``; if taking it raises, the
+        outcome of the message already sent is yielded before the error.
+        """
+        unanswered: _Unanswered[K] | None = None
+        source = iter(messages)
         try:
-            connection = self._connect()
-            refused = connection.send_pipelined(envelope_from, list(recipients), raw)
-        except smtplib.SMTPRecipientsRefused as error:
-            self._reset()
-            code, reply = next(iter(error.recipients.values()))
-            raise _classify(code, reply) from None
-        except smtplib.SMTPResponseException as error:
-            # smtplib has already sent RSET; only a 421 means the server is closing.
-            if error.smtp_code == 421:
-                self._drop()
-            raise _classify(error.smtp_code, error.smtp_error) from None
-        except (smtplib.SMTPException, OSError) as error:
-            self._drop()
-            raise TemporarySendError(f"connection problem: {error}") from None
-        if refused:
-            code, reply = next(iter(refused.values()))
-            raise _classify(code, reply)
+            while True:
+                try:
+                    key, envelope = next(source)
+                except StopIteration:
+                    break
+                except BaseException:
+                    if unanswered is not None:
+                        last, unanswered = self._read_end_of_data(unanswered), None
+                        yield last
+                    raise
+                outcomes, unanswered = self._exchange(key, envelope, unanswered)
+                yield from outcomes
+            if unanswered is not None:
+                last, unanswered = self._read_end_of_data(unanswered), None
+                yield last
+        finally:
+            if unanswered is not None:
+                self._drop()  # abandoned with a reply unread: the session's replies would be out of step
 
     def close(self) -> None:
         if self._connection is not None:
             with contextlib.suppress(smtplib.SMTPException, OSError):
                 self._connection.quit()
             self._connection = None
+
+    def _finished(self, seconds: float, error: SendError | None) -> None:
+        """Called once per message with the time spent talking to the server about it.
+
+        Pipelined, that is its own exchange plus the wait for its last reply, not
+        the time between, when the next message is being made.
+        """
+
+    def _outcome(self, key: K, seconds: float, error: SendError | None) -> Outcome[K]:
+        self._finished(seconds, error)
+        return key, error
+
+    def _exchange(self, key: K, envelope: Envelope, unanswered: _Unanswered[K] | None
+                  ) -> tuple[list[Outcome[K]], _Unanswered[K] | None]:
+        """Start one message, reading the previous one's last reply on the way."""
+        outcomes: list[Outcome[K]] = []
+        started = self._clock()
+        recipients = list(envelope.recipients)
+        if problem := envelope_problem(envelope.sender, recipients):
+            if unanswered is not None:  # outcomes stay in order
+                outcomes.append(self._read_end_of_data(unanswered))
+            outcomes.append(self._outcome(key, 0.0, PermanentSendError(problem)))
+            return outcomes, None
+        try:
+            connection = self._connect()
+            if unanswered is None and not connection.pipelines():
+                refused = connection.send_pipelined(envelope.sender, recipients, envelope.raw)
+                outcomes.append(self._outcome(key, self._clock() - started, _refusal(refused)))
+                return outcomes, None
+            connection.begin_message(envelope.sender, recipients)
+            if unanswered is not None:
+                waiting_since = self._clock()
+                code, reply = connection.getreply()
+                outcomes.append(self._answered(unanswered, code, reply, self._clock() - waiting_since))
+                unanswered = None
+                started = self._clock()
+                if code == 421:
+                    raise smtplib.SMTPServerDisconnected(f"{code} {reply.decode('utf-8', 'replace')}")
+            refused = connection.read_begin_replies(envelope.sender, recipients)
+            connection.send_content(envelope.raw)
+            return outcomes, _Unanswered(key, self._clock() - started, refused)
+        except smtplib.SMTPRecipientsRefused as error:
+            self._reset()
+            code, reply = next(iter(error.recipients.values()))
+            outcomes.append(self._outcome(key, self._clock() - started, _classify(code, reply)))
+        except smtplib.SMTPResponseException as error:
+            # The replies are read and RSET is sent; only a 421 means the server is closing.
+            if error.smtp_code == 421:
+                self._drop()
+            outcomes.append(self._outcome(key, self._clock() - started,
+                                          _classify(error.smtp_code, error.smtp_error)))
+        except (smtplib.SMTPException, OSError) as error:
+            self._drop()
+            lost = TemporarySendError(f"connection problem: {error}")
+            if unanswered is not None:
+                outcomes.append(self._outcome(unanswered.key, unanswered.seconds, lost))
+            outcomes.append(self._outcome(key, self._clock() - started, lost))
+        return outcomes, None
+
+    def _read_end_of_data(self, unanswered: _Unanswered[K]) -> Outcome[K]:
+        waiting_since = self._clock()
+        try:
+            if self._connection is None:
+                raise smtplib.SMTPServerDisconnected("connection closed")
+            code, reply = self._connection.getreply()
+        except (smtplib.SMTPException, OSError) as error:
+            self._drop()
+            return self._outcome(unanswered.key, unanswered.seconds + self._clock() - waiting_since,
+                                 TemporarySendError(f"connection problem: {error}"))
+        if code == 421:
+            self._drop()
+        return self._answered(unanswered, code, reply, self._clock() - waiting_since)
+
+    def _answered(self, unanswered: _Unanswered[K], code: int, reply: bytes, waited: float) -> Outcome[K]:
+        # After the end of data the transaction is over whatever the reply: no RSET is needed.
+        error = _refusal(unanswered.refused) if code == 250 else _classify(code, reply)
+        return self._outcome(unanswered.key, unanswered.seconds + waited, error)
 
     def _connect(self) -> PipeliningSMTP:
         if self._connection is not None:
@@ -197,6 +358,9 @@ class OutboxTransport:
             recipients=", ".join(recipients), subject=subject, raw=raw,
         ))
 
+    def send_all(self, messages: Iterable[tuple[K, Envelope]]) -> Iterator[Outcome[K]]:
+        return send_one_by_one(self, messages)
+
     def close(self) -> None:
         pass
 
@@ -211,6 +375,10 @@ class SigningTransport:
     def send(self, envelope_from: str, recipients: Sequence[str], raw: bytes,
              subject: str = "", message_id: str = "") -> None:
         self._inner.send(envelope_from, recipients, self._signer.sign(raw), subject, message_id)
+
+    def send_all(self, messages: Iterable[tuple[K, Envelope]]) -> Iterator[Outcome[K]]:
+        return self._inner.send_all(
+            (key, replace(envelope, raw=self._signer.sign(envelope.raw))) for key, envelope in messages)
 
     def close(self) -> None:
         self._inner.close()
@@ -227,6 +395,14 @@ class RateLimitedTransport:
              subject: str = "", message_id: str = "") -> None:
         self._limiter.wait()
         self._inner.send(envelope_from, recipients, raw, subject, message_id)
+
+    def send_all(self, messages: Iterable[tuple[K, Envelope]]) -> Iterator[Outcome[K]]:
+        return self._inner.send_all(self._paced(messages))
+
+    def _paced(self, messages: Iterable[tuple[K, Envelope]]) -> Iterator[tuple[K, Envelope]]:
+        for message in messages:
+            self._limiter.wait()
+            yield message
 
     def close(self) -> None:
         self._inner.close()
@@ -254,6 +430,14 @@ def transport_for(settings: Settings, session: Session) -> Transport:
     if limiter is not None:
         transport = RateLimitedTransport(transport, limiter)
     return transport
+
+
+def _refusal(refused: dict[str, tuple[int, bytes]]) -> SendError | None:
+    """A message accepted for some recipients only: the first refusal stands for it."""
+    if not refused:
+        return None
+    code, reply = next(iter(refused.values()))
+    return _classify(code, reply)
 
 
 def _classify(code: int, reply: bytes | str) -> SendError:

@@ -1,11 +1,23 @@
 """Our SMTP client against a real server: pipelined where offered (RFC 2920), plain smtplib where not."""
 
+import contextlib
+import select
 import smtplib
+import socket
+import threading
+from collections.abc import Iterator
 
 import pytest
 from aiosmtpd.controller import Controller
 
-from service.mail.transport import PermanentSendError, PipeliningSMTP, SMTPSettings, SMTPTransport
+from service.mail.transport import (
+    Envelope,
+    PermanentSendError,
+    PipeliningSMTP,
+    SMTPSettings,
+    SMTPTransport,
+    TemporarySendError,
+)
 from tests.smtp import SMTPServer, _free_port
 
 MESSAGE = b"Subject: dots\r\n\r\n.a line that starts with a dot\r\n..and two\r\n.\r\nend"
@@ -82,3 +94,173 @@ def test_an_address_cannot_smuggle_commands(smtp: SMTPServer, address: str):
         client.send_pipelined("news@example.com", [address], MESSAGE)
     client.quit()
     assert smtp.messages == []
+
+
+# ------------------------------------------------------------------ one message after another
+
+
+def _message(n: int) -> bytes:
+    return f"Subject: number {n}\r\n\r\nbody {n}\r\n.a dotted line\r\n".encode()
+
+
+def _envelopes(addresses: list[str]) -> list[tuple[int, Envelope]]:
+    return [(n, Envelope("news@example.com", (address,), _message(n))) for n, address in enumerate(addresses)]
+
+
+def test_messages_in_a_row_arrive_in_order_and_each_outcome_is_its_own(smtp: SMTPServer):
+    smtp.fail_permanently("gone@example.com")
+    smtp.fail_temporarily("busy@example.com", times=1)
+    addresses = ["a@example.com", "gone@example.com", "b@example.com", "busy@example.com", "c@example.com"]
+    with SMTPTransport(SMTPSettings(host="127.0.0.1", port=smtp.port)) as transport:
+        outcomes = list(transport.send_all(_envelopes(addresses)))
+    assert [key for key, _ in outcomes] == [0, 1, 2, 3, 4]
+    errors = [error for _, error in outcomes]
+    assert errors[0] is None and errors[2] is None and errors[4] is None
+    assert isinstance(errors[1], PermanentSendError) and "550" in errors[1].reply
+    assert isinstance(errors[3], TemporarySendError) and "451" in errors[3].reply
+    assert [(m.recipients, m.raw) for m in smtp.messages] == [
+        (["a@example.com"], _message(0)), (["b@example.com"], _message(2)), (["c@example.com"], _message(4))]
+
+
+class _HoldingServer:
+    """A minimal SMTP server offering PIPELINING that answers a message's end of data only
+    once the client's next command has arrived, or after ``patience`` seconds of silence.
+
+    It records which of the two released each reply: a client that waits for the reply
+    before starting the next message gets every one by the timeout. With ``hang_up_after``
+    it closes the connection instead of answering that message (counted from 1).
+    """
+
+    def __init__(self, patience: float = 1.0, hang_up_after: int | None = None) -> None:
+        self.patience = patience
+        self.hang_up_after = hang_up_after
+        self.released_by: list[str] = []
+        self.messages: list[bytes] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = self._listener.accept()
+                with connection:
+                    self._converse(connection)
+
+    def _converse(self, connection: socket.socket) -> None:
+        pending = b""
+
+        def line(timeout: float | None) -> bytes | None:
+            nonlocal pending
+            while b"\r\n" not in pending:
+                if not select.select([connection], [], [], timeout)[0]:
+                    return None
+                chunk = connection.recv(65536)
+                if not chunk:
+                    return b""
+                pending += chunk
+            found, pending = pending.split(b"\r\n", 1)
+            return found + b"\r\n"
+
+        connection.sendall(b"220 holder ESMTP\r\n")
+        holding = False
+        while True:
+            command = line(self.patience if holding else 10)
+            if command == b"":
+                return
+            if holding:
+                self.released_by.append("timeout" if command is None else "next command")
+                connection.sendall(b"250 2.0.0 queued\r\n")
+                holding = False
+                if command is None:
+                    continue
+            if not command:
+                return
+            verb = command[:4].upper()
+            if verb == b"EHLO":
+                connection.sendall(b"250-holder\r\n250 PIPELINING\r\n")
+            elif verb == b"QUIT":
+                connection.sendall(b"221 bye\r\n")
+                return
+            elif verb == b"DATA":
+                connection.sendall(b"354 go ahead\r\n")
+                content = b""
+                while (data_line := line(10)) not in (b".\r\n", b"", None):
+                    content += data_line[1:] if data_line.startswith(b"..") else data_line
+                self.messages.append(content)
+                if len(self.messages) == self.hang_up_after:
+                    return
+                holding = True
+            else:
+                connection.sendall(b"250 ok\r\n")
+
+
+@pytest.fixture
+def holding_server() -> Iterator[_HoldingServer]:
+    server = _HoldingServer()
+    yield server
+    server.close()
+
+
+def test_the_next_message_starts_before_the_last_reply_is_read(holding_server: _HoldingServer):
+    addresses = [f"reader{n}@example.com" for n in range(4)]
+    with SMTPTransport(SMTPSettings(host="127.0.0.1", port=holding_server.port, timeout=5)) as transport:
+        outcomes = list(transport.send_all(_envelopes(addresses)))
+    assert outcomes == [(0, None), (1, None), (2, None), (3, None)]
+    # The last message has no next one: its reply is released by the server's patience.
+    assert holding_server.released_by == ["next command"] * 3 + ["timeout"]
+    assert len(holding_server.messages) == 4
+
+
+def test_a_failure_while_making_the_next_message_still_reports_the_one_sent(smtp: SMTPServer):
+    def messages() -> Iterator[tuple[int, Envelope]]:
+        yield 0, Envelope("news@example.com", ("a@example.com",), _message(0))
+        raise RuntimeError("the database went away")
+
+    seen: list[tuple[int, object]] = []
+    with SMTPTransport(SMTPSettings(host="127.0.0.1", port=smtp.port)) as transport:
+        with pytest.raises(RuntimeError, match="went away"):
+            for key, error in transport.send_all(messages()):
+                seen.append((key, error))
+        transport.send("news@example.com", ["b@example.com"], _message(1))
+    assert seen == [(0, None)]
+    assert [m.recipients for m in smtp.messages] == [["a@example.com"], ["b@example.com"]]
+
+
+def test_a_dropped_connection_fails_what_was_in_flight_and_the_rest_go_on_a_new_one():
+    server = _HoldingServer(patience=0.2, hang_up_after=2)
+    try:
+        addresses = [f"reader{n}@example.com" for n in range(4)]
+        with SMTPTransport(SMTPSettings(host="127.0.0.1", port=server.port, timeout=5)) as transport:
+            outcomes = dict(transport.send_all(_envelopes(addresses)))
+    finally:
+        server.close()
+    assert outcomes[0] is None
+    # Message 1 reached the server but no reply came; message 2 had only begun. Both are retried.
+    assert isinstance(outcomes[1], TemporarySendError) and isinstance(outcomes[2], TemporarySendError)
+    assert outcomes[3] is None
+    assert server.messages == [_message(0), _message(1), _message(3)]
+
+
+def test_a_caller_that_stops_listening_leaves_a_transport_that_still_works(smtp: SMTPServer):
+    with SMTPTransport(SMTPSettings(host="127.0.0.1", port=smtp.port)) as transport:
+        for key, error in transport.send_all(_envelopes(["a@example.com", "b@example.com", "c@example.com"])):
+            assert (key, error) == (0, None)
+            break
+        transport.send("news@example.com", ["d@example.com"], _message(3))
+    smtp.wait_for("d@example.com")
+    assert "c@example.com" not in {r for m in smtp.messages for r in m.recipients}
+
+
+def test_an_unusable_address_fails_alone_between_two_sent_messages(holding_server: _HoldingServer):
+    addresses = ["a@example.com", "evil@example.com>\r\nRCPT TO:<x@example.com", "b@example.com"]
+    with SMTPTransport(SMTPSettings(host="127.0.0.1", port=holding_server.port, timeout=5)) as transport:
+        outcomes = list(transport.send_all(_envelopes(addresses)))
+    assert [key for key, _ in outcomes] == [0, 1, 2]
+    assert isinstance(dict(outcomes)[1], PermanentSendError)
+    assert dict(outcomes)[0] is None and dict(outcomes)[2] is None
+    assert holding_server.messages == [_message(0), _message(2)]
