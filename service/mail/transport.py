@@ -8,7 +8,9 @@ PermanentSendError (5xx) is recorded and never retried.
 from __future__ import annotations
 
 import contextlib
+import logging
 import smtplib
+import socket
 import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -22,6 +24,8 @@ from service.config import Settings
 from service.mail.ratelimit import RateLimiter, rate_limiter_for
 from service.mail.signing import DkimSigner
 from service.models import CapturedEmail
+
+log = logging.getLogger(__name__)
 
 
 class SendError(Exception):
@@ -138,6 +142,13 @@ class PipeliningSMTP_SSL(smtplib.SMTP_SSL, PipeliningSMTP):
     pass
 
 
+def _no_delay(connection: smtplib.SMTP) -> None:
+    """Turn off Nagle's algorithm: each write is a whole group of commands or a whole
+    message, and a pipelined group must not wait for the ACK of the content before it."""
+    if connection.sock is not None:
+        connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def envelope_problem(sender: str, recipients: Sequence[str]) -> str | None:
     """Why these addresses cannot go into SMTP commands as they are, if they cannot."""
     for address in (sender, *recipients):
@@ -204,9 +215,12 @@ class SMTPTransport:
         (RFC 2920 lets message content open a group), so a message waits for the
         server once instead of twice. Each outcome therefore comes after the next
         message has been taken from ``messages``; if taking it raises, the
-        outcome of the message already sent is yielded before the error.
+        outcome of the message already sent is yielded before the error. Each
+        outcome is yielded as soon as its reply is read, so whatever happens
+        next cannot lose it.
         """
         unanswered: _Unanswered[K] | None = None
+        replies_pending = False  # commands written whose replies are not read yet
         source = iter(messages)
         try:
             while True:
@@ -219,14 +233,63 @@ class SMTPTransport:
                         last, unanswered = self._read_end_of_data(unanswered), None
                         yield last
                     raise
-                outcomes, unanswered = self._exchange(key, envelope, unanswered)
-                yield from outcomes
+                started = self._clock()
+                recipients = list(envelope.recipients)
+                if problem := envelope_problem(envelope.sender, recipients):
+                    if unanswered is not None:  # outcomes stay in order
+                        last, unanswered = self._read_end_of_data(unanswered), None
+                        yield last
+                    # Not the relay's doing: no timing, no SMTP error counted.
+                    yield key, PermanentSendError(problem)
+                    continue
+                outcome: Outcome[K] | None = None
+                failure: smtplib.SMTPException | OSError | None = None
+                try:
+                    connection = self._connect()
+                    if unanswered is None and not connection.pipelines():
+                        refused = connection.send_pipelined(envelope.sender, recipients, envelope.raw)
+                        outcome = self._outcome(key, self._clock() - started, _refusal(refused))
+                    else:
+                        connection.begin_message(envelope.sender, recipients)
+                        replies_pending = True
+                except (smtplib.SMTPException, OSError) as error:
+                    failure = error
+                if unanswered is not None:
+                    # Read even when writing the commands failed: the reply may be there already.
+                    last, unanswered = self._read_end_of_data(unanswered), None
+                    yield last
+                if failure is not None:
+                    replies_pending = False
+                    yield self._failed(key, started, failure)
+                    continue
+                if outcome is not None:
+                    yield outcome
+                    continue
+                started = self._clock()
+                if self._connection is None:  # the previous reply was the connection's last
+                    replies_pending = False
+                    closed = TemporarySendError("connection problem: closed by the relay")
+                    yield self._outcome(key, 0.0, closed)
+                    continue
+                try:
+                    refused = self._connection.read_begin_replies(envelope.sender, recipients)
+                    self._connection.send_content(envelope.raw)
+                except (smtplib.SMTPException, OSError) as error:
+                    replies_pending = False
+                    yield self._failed(key, started, error)
+                    continue
+                replies_pending = False
+                unanswered = _Unanswered(key, self._clock() - started, refused)
             if unanswered is not None:
                 last, unanswered = self._read_end_of_data(unanswered), None
                 yield last
         finally:
-            if unanswered is not None:
-                self._drop()  # abandoned with a reply unread: the session's replies would be out of step
+            if unanswered is not None or replies_pending:
+                # Abandoned mid-exchange: the session's replies would be out of step with its commands.
+                if unanswered is not None:
+                    log.warning("a message (%r) went to the relay but its outcome was not read; "
+                                "it will be sent again", unanswered.key)
+                self._drop()
 
     def close(self) -> None:
         if self._connection is not None:
@@ -245,52 +308,24 @@ class SMTPTransport:
         self._finished(seconds, error)
         return key, error
 
-    def _exchange(self, key: K, envelope: Envelope, unanswered: _Unanswered[K] | None
-                  ) -> tuple[list[Outcome[K]], _Unanswered[K] | None]:
-        """Start one message, reading the previous one's last reply on the way."""
-        outcomes: list[Outcome[K]] = []
-        started = self._clock()
-        recipients = list(envelope.recipients)
-        if problem := envelope_problem(envelope.sender, recipients):
-            if unanswered is not None:  # outcomes stay in order
-                outcomes.append(self._read_end_of_data(unanswered))
-            outcomes.append(self._outcome(key, 0.0, PermanentSendError(problem)))
-            return outcomes, None
-        try:
-            connection = self._connect()
-            if unanswered is None and not connection.pipelines():
-                refused = connection.send_pipelined(envelope.sender, recipients, envelope.raw)
-                outcomes.append(self._outcome(key, self._clock() - started, _refusal(refused)))
-                return outcomes, None
-            connection.begin_message(envelope.sender, recipients)
-            if unanswered is not None:
-                waiting_since = self._clock()
-                code, reply = connection.getreply()
-                outcomes.append(self._answered(unanswered, code, reply, self._clock() - waiting_since))
-                unanswered = None
-                started = self._clock()
-                if code == 421:
-                    raise smtplib.SMTPServerDisconnected(f"{code} {reply.decode('utf-8', 'replace')}")
-            refused = connection.read_begin_replies(envelope.sender, recipients)
-            connection.send_content(envelope.raw)
-            return outcomes, _Unanswered(key, self._clock() - started, refused)
-        except smtplib.SMTPRecipientsRefused as error:
+    def _failed(self, key: K, started: float, error: smtplib.SMTPException | OSError) -> Outcome[K]:
+        """The outcome of a message whose exchange raised ``error``; the connection is kept if it can be."""
+        seconds = self._clock() - started
+        if isinstance(error, smtplib.SMTPRecipientsRefused):
             self._reset()
             code, reply = next(iter(error.recipients.values()))
-            outcomes.append(self._outcome(key, self._clock() - started, _classify(code, reply)))
-        except smtplib.SMTPResponseException as error:
+            return self._outcome(key, seconds, _classify(code, reply))
+        if isinstance(error, smtplib.SMTPResponseException) and self._usable():
             # The replies are read and RSET is sent; only a 421 means the server is closing.
             if error.smtp_code == 421:
                 self._drop()
-            outcomes.append(self._outcome(key, self._clock() - started,
-                                          _classify(error.smtp_code, error.smtp_error)))
-        except (smtplib.SMTPException, OSError) as error:
-            self._drop()
-            lost = TemporarySendError(f"connection problem: {error}")
-            if unanswered is not None:
-                outcomes.append(self._outcome(unanswered.key, unanswered.seconds, lost))
-            outcomes.append(self._outcome(key, self._clock() - started, lost))
-        return outcomes, None
+            return self._outcome(key, seconds, _classify(error.smtp_code, error.smtp_error))
+        self._drop()
+        return self._outcome(key, seconds, TemporarySendError(f"connection problem: {error}"))
+
+    def _usable(self) -> bool:
+        # smtplib closes its socket before raising on some replies (a line too long, say).
+        return self._connection is not None and self._connection.sock is not None
 
     def _read_end_of_data(self, unanswered: _Unanswered[K]) -> Outcome[K]:
         waiting_since = self._clock()
@@ -302,14 +337,11 @@ class SMTPTransport:
             self._drop()
             return self._outcome(unanswered.key, unanswered.seconds + self._clock() - waiting_since,
                                  TemporarySendError(f"connection problem: {error}"))
-        if code == 421:
+        if code == 421 or not self._usable():
             self._drop()
-        return self._answered(unanswered, code, reply, self._clock() - waiting_since)
-
-    def _answered(self, unanswered: _Unanswered[K], code: int, reply: bytes, waited: float) -> Outcome[K]:
         # After the end of data the transaction is over whatever the reply: no RSET is needed.
         error = _refusal(unanswered.refused) if code == 250 else _classify(code, reply)
-        return self._outcome(unanswered.key, unanswered.seconds + waited, error)
+        return self._outcome(unanswered.key, unanswered.seconds + self._clock() - waiting_since, error)
 
     def _connect(self) -> PipeliningSMTP:
         if self._connection is not None:
@@ -319,8 +351,10 @@ class SMTPTransport:
             connection: PipeliningSMTP = PipeliningSMTP_SSL(
                 s.host, s.port, timeout=s.timeout, context=ssl.create_default_context()
             )
+            _no_delay(connection)
         else:
             connection = PipeliningSMTP(s.host, s.port, timeout=s.timeout)
+            _no_delay(connection)
             if s.security == "starttls":
                 connection.starttls(context=ssl.create_default_context())
         if s.username:

@@ -127,13 +127,16 @@ class _HoldingServer:
     once the client's next command has arrived, or after ``patience`` seconds of silence.
 
     It records which of the two released each reply: a client that waits for the reply
-    before starting the next message gets every one by the timeout. With ``hang_up_after``
-    it closes the connection instead of answering that message (counted from 1).
+    before starting the next message gets every one by the timeout. ``answers`` replaces
+    the end-of-data reply of some messages (counted from 1; a 421 also closes the
+    connection), and with ``hang_up_after`` it closes the connection instead of answering.
     """
 
-    def __init__(self, patience: float = 1.0, hang_up_after: int | None = None) -> None:
+    def __init__(self, patience: float = 2.0, hang_up_after: int | None = None,
+                 answers: dict[int, bytes] | None = None) -> None:
         self.patience = patience
         self.hang_up_after = hang_up_after
+        self.answers = answers or {}
         self.released_by: list[str] = []
         self.messages: list[bytes] = []
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -167,18 +170,20 @@ class _HoldingServer:
             return found + b"\r\n"
 
         connection.sendall(b"220 holder ESMTP\r\n")
-        holding = False
+        held: bytes | None = None  # the end-of-data reply not sent yet
         while True:
-            command = line(self.patience if holding else 10)
+            command = line(self.patience if held else 10)
             if command == b"":
                 return
-            if holding:
+            if held:
                 self.released_by.append("timeout" if command is None else "next command")
-                connection.sendall(b"250 2.0.0 queued\r\n")
-                holding = False
+                connection.sendall(held)
+                if held.startswith(b"421"):
+                    return
+                held = None
                 if command is None:
                     continue
-            if not command:
+            if command is None:
                 return
             verb = command[:4].upper()
             if verb == b"EHLO":
@@ -189,12 +194,14 @@ class _HoldingServer:
             elif verb == b"DATA":
                 connection.sendall(b"354 go ahead\r\n")
                 content = b""
-                while (data_line := line(10)) not in (b".\r\n", b"", None):
+                while (data_line := line(10)) != b".\r\n":
+                    if not data_line:
+                        return  # no end of data: not a message
                     content += data_line[1:] if data_line.startswith(b"..") else data_line
                 self.messages.append(content)
                 if len(self.messages) == self.hang_up_after:
                     return
-                holding = True
+                held = self.answers.get(len(self.messages), b"250 2.0.0 queued") + b"\r\n"
             else:
                 connection.sendall(b"250 ok\r\n")
 
@@ -206,10 +213,17 @@ def holding_server() -> Iterator[_HoldingServer]:
     server.close()
 
 
+def _send_all_to(server: _HoldingServer, count: int) -> list[tuple[int, object]]:
+    addresses = [f"reader{n}@example.com" for n in range(count)]
+    try:
+        with SMTPTransport(SMTPSettings(host="127.0.0.1", port=server.port, timeout=10)) as transport:
+            return list(transport.send_all(_envelopes(addresses)))
+    finally:
+        server.close()
+
+
 def test_the_next_message_starts_before_the_last_reply_is_read(holding_server: _HoldingServer):
-    addresses = [f"reader{n}@example.com" for n in range(4)]
-    with SMTPTransport(SMTPSettings(host="127.0.0.1", port=holding_server.port, timeout=5)) as transport:
-        outcomes = list(transport.send_all(_envelopes(addresses)))
+    outcomes = _send_all_to(holding_server, 4)
     assert outcomes == [(0, None), (1, None), (2, None), (3, None)]
     # The last message has no next one: its reply is released by the server's patience.
     assert holding_server.released_by == ["next command"] * 3 + ["timeout"]
@@ -233,17 +247,59 @@ def test_a_failure_while_making_the_next_message_still_reports_the_one_sent(smtp
 
 def test_a_dropped_connection_fails_what_was_in_flight_and_the_rest_go_on_a_new_one():
     server = _HoldingServer(patience=0.2, hang_up_after=2)
-    try:
-        addresses = [f"reader{n}@example.com" for n in range(4)]
-        with SMTPTransport(SMTPSettings(host="127.0.0.1", port=server.port, timeout=5)) as transport:
-            outcomes = dict(transport.send_all(_envelopes(addresses)))
-    finally:
-        server.close()
-    assert outcomes[0] is None
+    outcomes = _send_all_to(server, 4)
+    assert [key for key, _ in outcomes] == [0, 1, 2, 3]
+    errors = [error for _, error in outcomes]
+    assert errors[0] is None and errors[3] is None
     # Message 1 reached the server but no reply came; message 2 had only begun. Both are retried.
-    assert isinstance(outcomes[1], TemporarySendError) and isinstance(outcomes[2], TemporarySendError)
-    assert outcomes[3] is None
+    assert isinstance(errors[1], TemporarySendError) and isinstance(errors[2], TemporarySendError)
     assert server.messages == [_message(0), _message(1), _message(3)]
+
+
+def test_a_refused_message_does_not_disturb_the_next():
+    server = _HoldingServer(patience=0.2, answers={1: b"554 5.7.1 content rejected", 2: b"452 4.3.1 full"})
+    outcomes = _send_all_to(server, 3)
+    assert [key for key, _ in outcomes] == [0, 1, 2]
+    errors = [error for _, error in outcomes]
+    assert isinstance(errors[0], PermanentSendError) and "554" in errors[0].reply
+    assert isinstance(errors[1], TemporarySendError) and "452" in errors[1].reply
+    assert errors[2] is None
+    assert server.released_by == ["next command", "next command", "timeout"]
+
+
+def test_a_relay_closing_after_a_message_fails_that_one_and_the_one_begun_then_reconnects():
+    server = _HoldingServer(patience=0.2, answers={1: b"421 4.3.2 shutting down"})
+    outcomes = _send_all_to(server, 3)
+    assert [key for key, _ in outcomes] == [0, 1, 2]
+    errors = [error for _, error in outcomes]
+    assert isinstance(errors[0], TemporarySendError) and "421" in errors[0].reply
+    assert isinstance(errors[1], TemporarySendError)
+    assert errors[2] is None
+    assert server.messages == [_message(0), _message(2)]
+
+
+def test_a_reply_smtplib_cannot_read_counts_as_a_lost_connection():
+    # smtplib closes the socket on a reply line over 8 KiB before it raises.
+    server = _HoldingServer(patience=0.2, answers={1: b"250 " + b"x" * 9000})
+    outcomes = _send_all_to(server, 3)
+    assert [key for key, _ in outcomes] == [0, 1, 2]
+    errors = [error for _, error in outcomes]
+    assert isinstance(errors[0], TemporarySendError) and isinstance(errors[1], TemporarySendError)
+    assert errors[2] is None
+
+
+def test_without_pipelining_send_all_sends_one_after_another():
+    handler = _PlainHandler()
+    controller = Controller(handler, hostname="127.0.0.1", port=_free_port())
+    controller.start()
+    try:
+        with SMTPTransport(SMTPSettings(host="127.0.0.1", port=controller.port)) as transport:
+            addresses = ["a@example.com", "b@example.com", "c@example.com"]
+            outcomes = list(transport.send_all(_envelopes(addresses)))
+    finally:
+        controller.stop()
+    assert outcomes == [(0, None), (1, None), (2, None)]
+    assert handler.contents == [_message(0), _message(1), _message(2)]
 
 
 def test_a_caller_that_stops_listening_leaves_a_transport_that_still_works(smtp: SMTPServer):
@@ -258,9 +314,10 @@ def test_a_caller_that_stops_listening_leaves_a_transport_that_still_works(smtp:
 
 def test_an_unusable_address_fails_alone_between_two_sent_messages(holding_server: _HoldingServer):
     addresses = ["a@example.com", "evil@example.com>\r\nRCPT TO:<x@example.com", "b@example.com"]
-    with SMTPTransport(SMTPSettings(host="127.0.0.1", port=holding_server.port, timeout=5)) as transport:
+    with SMTPTransport(SMTPSettings(host="127.0.0.1", port=holding_server.port, timeout=10)) as transport:
         outcomes = list(transport.send_all(_envelopes(addresses)))
     assert [key for key, _ in outcomes] == [0, 1, 2]
-    assert isinstance(dict(outcomes)[1], PermanentSendError)
-    assert dict(outcomes)[0] is None and dict(outcomes)[2] is None
+    errors = [error for _, error in outcomes]
+    assert errors[0] is None and errors[2] is None
+    assert isinstance(errors[1], PermanentSendError)
     assert holding_server.messages == [_message(0), _message(2)]
