@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import smtplib
-import socket
 import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -140,13 +139,6 @@ class PipeliningSMTP(smtplib.SMTP):
 
 class PipeliningSMTP_SSL(smtplib.SMTP_SSL, PipeliningSMTP):
     pass
-
-
-def _no_delay(connection: smtplib.SMTP) -> None:
-    """Turn off Nagle's algorithm: each write is a whole group of commands or a whole
-    message, and a pipelined group must not wait for the ACK of the content before it."""
-    if connection.sock is not None:
-        connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def envelope_problem(sender: str, recipients: Sequence[str]) -> str | None:
@@ -351,10 +343,8 @@ class SMTPTransport:
             connection: PipeliningSMTP = PipeliningSMTP_SSL(
                 s.host, s.port, timeout=s.timeout, context=ssl.create_default_context()
             )
-            _no_delay(connection)
         else:
             connection = PipeliningSMTP(s.host, s.port, timeout=s.timeout)
-            _no_delay(connection)
             if s.security == "starttls":
                 connection.starttls(context=ssl.create_default_context())
         if s.username:
