@@ -381,6 +381,9 @@ class OutboxTransport:
             message_id=message_id, mail_from=envelope_from,
             recipients=", ".join(recipients), subject=subject, raw=raw,
         ))
+        # Kept now, as a relay's 250 would be: a rollback of the caller's work after this
+        # (the ledger's, when a later message fails) must not lose a message reported as sent.
+        self._session.commit()
 
     def send_all(self, messages: Iterable[tuple[K, Envelope]]) -> Iterator[Outcome[K]]:
         return send_one_by_one(self, messages)

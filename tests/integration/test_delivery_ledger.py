@@ -128,6 +128,13 @@ def test_the_outbox_transport_keeps_the_message_in_the_database(session, deliver
     assert b"List-Unsubscribe-Post: List-Unsubscribe=One-Click" in captured.raw
 
 
+def test_a_message_the_outbox_took_survives_a_rollback_of_the_callers_work(session):
+    OutboxTransport(session).send("news@example.com", [EMAIL], b"Subject: kept\r\n\r\nbody\r\n",
+                                  subject="kept", message_id="<kept@example.com>")
+    session.rollback()
+    assert session.scalars(select(CapturedEmail.subject)).all() == ["kept"]
+
+
 def test_transport_for_picks_smtp_when_a_host_is_set(app):
     with app.app_context():
         assert isinstance(transport_for(get_settings(), None), SMTPTransport)
