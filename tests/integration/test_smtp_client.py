@@ -133,8 +133,9 @@ class _HoldingServer:
     """
 
     def __init__(self, patience: float = 2.0, hang_up_after: int | None = None,
-                 answers: dict[int, bytes] | None = None) -> None:
+                 answers: dict[int, bytes] | None = None, greeting: bytes = b"220 holder ESMTP") -> None:
         self.patience = patience
+        self.greeting = greeting
         self.hang_up_after = hang_up_after
         self.answers = answers or {}
         self.released_by: list[str] = []
@@ -169,7 +170,9 @@ class _HoldingServer:
             found, pending = pending.split(b"\r\n", 1)
             return found + b"\r\n"
 
-        connection.sendall(b"220 holder ESMTP\r\n")
+        connection.sendall(self.greeting + b"\r\n")
+        if not self.greeting.startswith(b"220"):
+            return
         held: bytes | None = None  # the end-of-data reply not sent yet
         while True:
             command = line(self.patience if held else 10)
@@ -286,6 +289,15 @@ def test_a_reply_smtplib_cannot_read_counts_as_a_lost_connection():
     errors = [error for _, error in outcomes]
     assert isinstance(errors[0], TemporarySendError) and isinstance(errors[1], TemporarySendError)
     assert errors[2] is None
+
+
+def test_a_relay_that_refuses_the_session_defers_every_message_rather_than_failing_it():
+    # A 554 greeting says nothing about the message or its reader: try again later.
+    server = _HoldingServer(greeting=b"554 5.3.2 not accepting mail now")
+    outcomes = _send_all_to(server, 2)
+    assert [key for key, _ in outcomes] == [0, 1]
+    assert all(isinstance(error, TemporarySendError) and "554" in error.reply for _, error in outcomes)
+    assert server.messages == []
 
 
 def test_without_pipelining_send_all_sends_one_after_another():
