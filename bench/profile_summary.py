@@ -23,10 +23,11 @@ REST = "Flask, Werkzeug and our own code (the rest)"
 
 # (category, patterns of the frames that own a sample). Walking from the leaf up, the
 # first frame that matches decides, so Redis time under kombu is Celery's, Redis time
-# under the limits library is the limiter's, and a view under the limiter's
-# decorator is still the view's.
+# under the rate limits is the limits', and a view under Flask-Limiter's decorator
+# (before it was replaced) is still the view's.
 CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
-    ("rate limits (Flask-Limiter, Redis round trips)", ("limits/", "flask_limiter/_extension.py")),
+    ("rate limits (Redis round trips)",
+     ("limits/", "flask_limiter/_extension.py", "service/web/rate_limits.py")),
     ("Celery publish (kombu, Redis)", ("kombu/", "celery/")),
     (SQL, ("sqlalchemy/", "psycopg/", "psycopg_binary/")),
     ("Jinja2: the 'check your inbox' page", ("jinja2/", "render_template (flask/templating.py")),
@@ -42,22 +43,12 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
 
 # Steps of a post, inclusive (they overlap with the categories and with each other).
 OPERATIONS: list[tuple[str, tuple[str, ...]]] = [
-    ("Flask-Limiter: the five limit checks", ("_check_request_limit (flask_limiter/",)),
+    ("rate limits: counting the post's windows",
+     ("_check_request_limit (flask_limiter/", "SubscribeLimits.hit (service/")),
     ("pool_pre_ping: SELECT 1 at each connection checkout", ("_do_ping_w_event", "do_ping (sqlalchemy/")),
-    (
-        "savepoint block around the subscriber INSERT (SAVEPOINT, INSERT, RELEASE)",
-        ("TransactionalContext.__exit__ (sqlalchemy/engine/util.py", "begin_nested (sqlalchemy/"),
-    ),
-    ("lazy loads (subscriber.subscriptions after the INSERT)", ("LazyLoader._load_for_state",)),
-    ("_topics_by_slug (incl. checkout, ping, BEGIN)", ("_topics_by_slug (service/",)),
-    ("_get_or_create_subscriber", ("_get_or_create_subscriber (service/",)),
-    ("_request_topics", ("_request_topics (service/",)),
-    (
-        "_queue_confirmation (flush: UPDATE subscriber, INSERT delivery and consent)",
-        ("_queue_confirmation (service/",),
-    ),
+    ("the new reader's one statement (insert_new_reader)", ("insert_new_reader (service/",)),
     ("db.session.commit()", ("Session.commit (sqlalchemy/orm/session.py",)),
-    ("publish_deliveries (Celery apply_async)", ("publish_deliveries (tasks/",)),
+    ("handing the delivery to the publisher thread (publish_soon)", ("publish_soon (tasks/",)),
     ("the answer page (render_template)", ("_accepted (service/",)),
     ("request id (uuid4)", ("uuid4 (uuid.py",)),
 ]

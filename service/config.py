@@ -281,7 +281,7 @@ class _Env:
             raise ConfigError(f"{name} must be {kind}, got {raw!r}") from None
 
     def rate(self, name: str, default: str) -> str:
-        """A Flask-Limiter rate string such as '10/minute;100/hour'."""
+        """A rate string of the limits library such as '10/minute;100/hour'."""
         raw = self.str(name) or default
         try:
             parse_many(raw)

@@ -28,7 +28,6 @@ from sqlalchemy.exc import OperationalError
 from service import create_app
 from service.extensions import db
 from service.topics import seed_demo_topics
-from service.web.abuse import limiter
 from tests.smtp import SMTPServer
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -114,7 +113,7 @@ def _postgres_env() -> dict[str, str]:
     return {
         "DATABASE_URL": database_url,
         "CELERY_BROKER_URL": TEST_REDIS_URL,
-        # Named, so apps a test points at a dead broker keep a working limiter store.
+        # Named, so apps a test points at a dead broker keep a working rate-limit store.
         "LIMITER_STORAGE_URL": TEST_REDIS_URL,
         "SECRET_KEY": "test-secret-key-that-is-long-enough",
     }
@@ -141,7 +140,7 @@ def reset_state(app: Flask) -> None:
     """Empty every table and the task queue."""
     with app.app_context():
         app.extensions["celery"].control.purge()
-        limiter.reset()
+        app.extensions["subscribe_limits"].reset()
         tables = [table.name for table in reversed(db.metadata.sorted_tables)]
         for attempt in range(5):
             try:

@@ -1,7 +1,7 @@
 """Defences of the public subscription form against bots and subscription bombing.
 
-- Rate limits (Flask-Limiter, in Redis when there is one) per client IP, per
-  target address and per target domain.
+- Rate limits (service.web.rate_limits, in Redis when there is one) per client
+  IP, per target address and per target domain.
 - A honeypot field and a minimum fill time on the hosted form: a bot's post
   gets the normal answer and is quietly dropped.
 - Form posts from browsers must come from the publisher origins we know.
@@ -12,29 +12,28 @@ from __future__ import annotations
 import time
 from urllib.parse import urlsplit
 
-from flask import Flask, jsonify, render_template, request
-from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
+from flask import Flask, current_app, jsonify, render_template, request
 from itsdangerous import BadSignature, TimestampSigner
 
 from service.config import Settings, get_settings
+from service.web.rate_limits import Refusal, SubscribeLimits
 
 HONEYPOT_FIELD = "website"
 FORM_TIME_FIELD = "form_ts"
 
-limiter = Limiter(key_func=get_remote_address)
-
 
 def init_abuse_protection(app: Flask, settings: Settings) -> None:
-    app.config.update(
-        RATELIMIT_STORAGE_URI=settings.LIMITER_STORAGE_URL,
-        # Identical answers for every address matter more than telling clients their budget.
-        RATELIMIT_HEADERS_ENABLED=False,
-        # If the limiter's store is down, serve rather than fail every subscription.
-        RATELIMIT_SWALLOW_ERRORS=True,
-        RATELIMIT_KEY_PREFIX="newsletter-limits",
-    )
-    limiter.init_app(app)
+    # No rate-limit headers: identical answers for every address matter more than
+    # telling clients their budget.
+    app.extensions["subscribe_limits"] = SubscribeLimits(settings.LIMITER_STORAGE_URL, [
+        ("ip", settings.SUBSCRIBE_LIMIT_PER_IP),
+        ("address", settings.SUBSCRIBE_LIMIT_PER_ADDRESS),
+        ("domain", settings.SUBSCRIBE_LIMIT_PER_DOMAIN),
+    ])
+
+
+def subscribe_limits() -> SubscribeLimits:
+    return current_app.extensions["subscribe_limits"]
 
 
 def _form_email() -> str:
@@ -49,30 +48,20 @@ def _form_email() -> str:
     return raw.strip().lower() if isinstance(raw, str) else ""
 
 
-def target_address_key() -> str:
-    return "address:" + (_form_email() or "-")
+def count_subscription_post() -> Refusal | None:
+    """Count this post against its IP, target address and target domain; the refusal if over a limit."""
+    address = _form_email()
+    return subscribe_limits().hit({
+        # With TRUSTED_PROXY_HOPS, ProxyFix has already put the client's own address here.
+        "ip": request.remote_addr or "127.0.0.1",
+        "address": address or "-",
+        "domain": address.rpartition("@")[2] or "-",
+    })
 
 
-def target_domain_key() -> str:
-    return "domain:" + (_form_email().rpartition("@")[2] or "-")
-
-
-def limit_per_ip() -> str:
-    return get_settings().SUBSCRIBE_LIMIT_PER_IP
-
-
-def limit_per_address() -> str:
-    return get_settings().SUBSCRIBE_LIMIT_PER_ADDRESS
-
-
-def limit_per_domain() -> str:
-    return get_settings().SUBSCRIBE_LIMIT_PER_DOMAIN
-
-
-def too_many_requests(error):  # type: ignore[no-untyped-def]
+def too_many_requests(refusal: Refusal):  # type: ignore[no-untyped-def]
     """429 with Retry-After, as a page or JSON."""
-    current = limiter.current_limit
-    retry_after = max(1, int(current.reset_at - time.time())) if current else 60
+    retry_after = refusal.retry_after
     message = "Too many subscription attempts. Please wait a little and try again."
     if request.is_json or request.accept_mimetypes.best == "application/json":
         response = jsonify({"error": message, "retry_after": retry_after})

@@ -5,10 +5,8 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify, render_template
-from flask_limiter.errors import RateLimitExceeded
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from service.web.abuse import too_many_requests
 from service.web.negotiation import wants_json
 
 log = logging.getLogger(__name__)
@@ -34,8 +32,6 @@ def error_response(status: int, message: str | None = None, **extra: object):  #
 
 
 def register_error_handlers(app: Flask) -> None:
-    app.register_error_handler(RateLimitExceeded, too_many_requests)
-
     @app.errorhandler(HTTPException)
     def handle_http_error(error: HTTPException):  # type: ignore[no-untyped-def]
         status = error.code or 500

@@ -43,15 +43,11 @@ from service.tokens import (
 from service.web.abuse import (
     FORM_TIME_FIELD,
     HONEYPOT_FIELD,
+    count_subscription_post,
     foreign_origin,
     form_time_token,
-    limit_per_address,
-    limit_per_domain,
-    limit_per_ip,
-    limiter,
     looks_like_a_bot,
-    target_address_key,
-    target_domain_key,
+    too_many_requests,
 )
 from service.web.challenge import FIELD as POW_FIELD
 from service.web.challenge import check_proof_of_work
@@ -126,9 +122,6 @@ def subscribe_form() -> str:
 
 
 @bp.post("/subscribe")
-@limiter.limit(limit_per_ip)
-@limiter.limit(limit_per_address, key_func=target_address_key)
-@limiter.limit(limit_per_domain, key_func=target_domain_key)
 def subscribe_post():  # type: ignore[no-untyped-def]
     """Ask for a subscription: a confirmation email with a signed link follows.
     ---
@@ -152,6 +145,8 @@ def subscribe_post():  # type: ignore[no-untyped-def]
         422: FormRefused
         429: TooManyRequests
     """
+    if (refusal := count_subscription_post()) is not None:
+        return too_many_requests(refusal)
     settings = get_settings()
     request.max_content_length = settings.MAX_FORM_BYTES
     if (origin := foreign_origin()) is not None:
