@@ -4,7 +4,9 @@ Data-modifying CTEs insert the reader, a pending subscription per topic, their
 consent records and the confirmation delivery in a single round trip, where the
 general path in ``service.subscriptions`` (which every other case takes, and
 SQLite always) needs a query and a flush per step. The statement is built once
-per process and carries only bound parameters.
+per process and carries only bound parameters. When the caller's session has
+no transaction open (a form post), it runs on a connection of its own in
+autocommit mode: one round trip, without BEGIN and COMMIT.
 
 It inserts nothing, and the caller falls back to the general path, when the
 address exists already (``ON CONFLICT DO NOTHING``, which also waits out a
@@ -21,7 +23,7 @@ from functools import cache
 
 from sqlalchemy import Integer, String, bindparam, func, literal_column, select
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, scoped_session
 from sqlalchemy.sql import Select
 
 from service.consent import ConsentContext, consent_values
@@ -59,7 +61,7 @@ def insert_new_reader(session: Session, reader: NewReader, default_frequency: st
     """Insert the reader and everything a first post creates; returns (subscriber id,
     confirmation delivery id), or None when nothing was inserted."""
     consent = consent_values(reader.consent) if reader.consent is not None else {}
-    row = session.execute(_statement(), {
+    parameters = {
         "slugs": list(reader.topic_slugs),
         "topic_count": len(reader.topic_slugs),
         "email": reader.email,
@@ -70,10 +72,23 @@ def insert_new_reader(session: Session, reader: NewReader, default_frequency: st
         "now": now,
         "record_consent": reader.consent is not None,
         **{f"consent_{key}": consent.get(key) for key in _CONSENT_FIELDS},
-    }).one()
+    }
+    if _in_transaction(session):
+        row = session.execute(_statement(), parameters).one()
+    else:
+        # The session holds nothing uncommitted, and the statement is atomic on its own,
+        # so it commits itself: no BEGIN and COMMIT round trips around it.
+        with session.get_bind().connect() as connection:
+            row = connection.execution_options(isolation_level="AUTOCOMMIT").execute(
+                _statement(), parameters).one()
     if row.subscriber_id is None:
         return None
     return row.subscriber_id, row.delivery_id
+
+
+def _in_transaction(session: Session | scoped_session[Session]) -> bool:
+    actual = session() if isinstance(session, scoped_session) else session
+    return actual.in_transaction()
 
 
 _CONSENT_FIELDS = ("source", "page_url", "ip_address", "user_agent", "consent_text_version")

@@ -359,6 +359,21 @@ def test_a_new_reader_is_stored_alike_in_one_statement_and_in_steps(stack, sessi
     assert fast_rows["consent"][0][0]["page_url"] == consent.page_url[:2048]
 
 
+def test_a_new_readers_statement_commits_itself_only_when_the_session_has_nothing_open(stack, session):
+    """Alone, the one statement needs no BEGIN and COMMIT; inside a caller's transaction it is part of it."""
+    if stack.name != "postgres":
+        pytest.skip("the one-statement path is PostgreSQL's")
+    session.commit()
+    alone = subscribe(session, SubscriptionRequest("alone@example.com", ["marvel-news"]), "weekly")
+    session.rollback()
+    assert session.get(Subscriber, alone.subscriber_id).email == "alone@example.com"
+    session.execute(select(Topic.id)).all()  # the caller's transaction is open now
+    subscribe(session, SubscriptionRequest("joined@example.com", ["marvel-news"]), "weekly")
+    session.rollback()
+    assert session.scalar(select(func.count()).select_from(Subscriber)
+                          .where(Subscriber.email == "joined@example.com")) == 0
+
+
 def test_a_retired_topic_is_refused_and_nothing_is_stored(session):
     session.scalars(select(Topic).where(Topic.slug == "tv-news")).one().retired_at = utcnow()
     session.commit()
