@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from service.config import PROJECT_ROOT, Settings, settings_from_environment
+from service.database_pool import ping_idle_connections
 from service.extensions import db, discard_session, migrate
 from service.logs import configure_logging
 from service.tokens import TokenSigner
@@ -33,6 +34,9 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     app.extensions["settings"] = settings
     app.extensions["token_signer"] = TokenSigner(settings.SECRET_KEY, settings.SECRET_KEY_FALLBACKS)
     db.init_app(app)
+    if not settings.DATABASE_URL.startswith("sqlite"):
+        with app.app_context():
+            ping_idle_connections(db.engine)
     # Runs before Flask-SQLAlchemy's own teardown, which then finds nothing to do.
     app.teardown_appcontext(lambda exc: discard_session())
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
@@ -61,7 +65,8 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
 
 
 def _configure_flask(app: Flask, settings: Settings) -> None:
-    engine_options: dict[str, object] = {"pool_pre_ping": True}
+    # Disconnects are caught by service.database_pool's ping of idle connections.
+    engine_options: dict[str, object] = {}
     if settings.DATABASE_URL.startswith("sqlite"):
         engine_options = {"connect_args": {"timeout": 30}}
     app.config.update(

@@ -1,0 +1,72 @@
+"""Pooled PostgreSQL connections: pinged after sitting idle, trusted when just used."""
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import OperationalError
+
+from service.database_pool import ping_idle_connections
+from tests.conftest import POSTGRES_ADMIN_URL
+
+WINDOW = 0.3
+
+
+def _pool_of_one(alive_window: float) -> sa.Engine:
+    engine = sa.create_engine(POSTGRES_ADMIN_URL, pool_size=1, max_overflow=0)
+    ping_idle_connections(engine, alive_window=alive_window)
+    return engine
+
+
+@pytest.fixture
+def engine() -> Iterator[sa.Engine]:
+    engine = _pool_of_one(WINDOW)
+    yield engine
+    engine.dispose()
+
+
+def _backend(engine: sa.Engine) -> int:
+    with engine.connect() as connection:
+        return connection.scalar(sa.text("SELECT pg_backend_pid()"))
+
+
+def _terminate(pid: int) -> None:
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    with admin.connect() as connection:
+        assert connection.scalar(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    admin.dispose()
+
+
+def test_a_connection_idle_past_the_window_that_died_is_replaced_before_use(engine):
+    first = _backend(engine)
+    _terminate(first)
+    time.sleep(WINDOW * 2)
+    second = _backend(engine)  # no error: the ping found it dead and the pool connected anew
+    assert second != first
+
+
+def test_a_connection_used_a_moment_ago_is_not_pinged(engine):
+    pings: list[int] = []
+    original = engine.dialect.do_ping
+    engine.dialect.do_ping = lambda dbapi_connection: pings.append(1) or original(dbapi_connection)
+    try:
+        same = {_backend(engine) for _ in range(20)}
+        assert len(same) == 1 and pings == []
+        time.sleep(WINDOW * 2)
+        _backend(engine)
+        assert pings == [1]
+    finally:
+        engine.dialect.do_ping = original
+
+
+def test_inside_the_window_a_dead_connection_fails_once_and_the_pool_recovers():
+    # The price of trusting a fresh connection: its next statement meets the disconnect.
+    engine = _pool_of_one(60)
+    first = _backend(engine)
+    _terminate(first)
+    with pytest.raises(OperationalError) as caught:
+        _backend(engine)
+    assert caught.value.connection_invalidated
+    assert _backend(engine) != first
+    engine.dispose()
