@@ -19,11 +19,13 @@ from service.web import (
     public,
 )
 from service.web.input_guard import guard_input
+from service.web.no_sessions import NoSessionInterface
 from service.web.request_ids import track_request_ids
 from tasks.publisher import BackgroundPublisher
 
 
 def register_web(app: Flask, settings: Settings) -> None:
+    app.session_interface = NoSessionInterface()
     track_request_ids(app)
     # Form posts hand their confirmation sends to it (tasks/publisher.py).
     app.extensions["publisher"] = BackgroundPublisher(app)

@@ -7,6 +7,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from flask import session
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from sqlalchemy import func, select
 
@@ -83,6 +84,17 @@ def test_a_form_post_stores_a_pending_subscription_and_answers_check_your_inbox(
         assert subscriber.status == SubscriberStatus.PENDING
         assert subscriber.name == "Peggy"
         assert _count(Delivery) == 1
+
+
+def test_no_page_sets_a_cookie_and_the_session_cannot_be_written(app, client):
+    # CSRF tokens come from the page's URL token; nothing needs a cookie.
+    answers = [client.get("/subscribe"), client.post("/subscribe", data={"email": "c@example.com",
+                                                                          "topics": "marvel-news"}),
+               client.get("/healthz")]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert all("Set-Cookie" not in a.headers for a in answers)
+    with app.test_request_context("/"), pytest.raises(RuntimeError, match="no cookie sessions"):
+        session["seen"] = True
 
 
 def test_json_clients_get_202(client):
