@@ -201,7 +201,18 @@ def _accepted(form: SubmittedForm):  # type: ignore[no-untyped-def]
     next_url = _allowed_redirect(form.get("next"))
     if next_url:
         return redirect(next_url, code=303)
-    return render_template("check_inbox.html", message=CHECK_INBOX)
+    return _check_inbox_page()
+
+
+def _check_inbox_page() -> str:
+    """The same page for every accepted post, so rendered once per process (per mount point,
+    which its links depend on), unless templates are being edited (debug)."""
+    if current_app.debug:
+        return render_template("check_inbox.html", message=CHECK_INBOX)
+    pages: dict[str, str] = current_app.extensions.setdefault("check_inbox_pages", {})
+    if request.script_root not in pages:
+        pages[request.script_root] = render_template("check_inbox.html", message=CHECK_INBOX)
+    return pages[request.script_root]
 
 
 @bp.get("/confirm/<token>")
@@ -281,7 +292,7 @@ def resend_confirmation():  # type: ignore[no-untyped-def]
             publish_soon([delivery.id])
     if wants_json():
         return jsonify({"status": "accepted", "message": CHECK_INBOX}), 202
-    return render_template("check_inbox.html", message=CHECK_INBOX)
+    return _check_inbox_page()
 
 
 @bp.get("/unsubscribe/<token>")

@@ -97,6 +97,15 @@ def test_no_page_sets_a_cookie_and_the_session_cannot_be_written(app, client):
         session["seen"] = True
 
 
+def test_the_check_inbox_page_links_its_stylesheet_under_each_mount_point(client):
+    # The page is rendered once per process and mount point, not once per post.
+    for root in ("", "/news", ""):
+        page = client.post("/subscribe", data={"email": "m@example.com", "topics": "marvel-news"},
+                           base_url=f"http://localhost{root}").get_data(as_text=True)
+        assert "Check your inbox" in page
+        assert f'href="{root}/static/style.css' in page
+
+
 def test_json_clients_get_202(client):
     response = client.post("/subscribe", json={"email": "peggy@example.com", "topics": ["marvel-news"]})
     assert response.status_code == 202
