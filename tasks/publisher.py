@@ -100,17 +100,11 @@ class BackgroundPublisher:
             first = self._ids.get()
             if first is None:
                 break
-            batch = [first]
-            deadline = time.monotonic() + LINGER_SECONDS
-            while len(batch) < MAX_IDS_PER_TASK and (remaining := deadline - time.monotonic()) > 0:
-                try:
-                    item = self._ids.get(timeout=remaining)
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
+            if self._ids.qsize() < MAX_IDS_PER_TASK - 1:
+                # The next moment's posts queue up meanwhile without waking this thread: a
+                # wake-up per post cost the request threads the GIL and a context switch each.
+                time.sleep(LINGER_SECONDS)
+            batch, stopping = self._take_queued([first])
             if not self._publish(batch):
                 # The broker is down: what is queued would only wait for it and pile up.
                 dropped, stopping = self._drop_queued(stopping)
@@ -128,6 +122,18 @@ class BackgroundPublisher:
             log.exception("publishing %d confirmation(s) failed; left for the sweep", len(batch))
             return False
         return published == len(delivery_ids)
+
+    def _take_queued(self, batch: list[tuple[int, str | None]]) -> tuple[list[tuple[int, str | None]], bool]:
+        """``batch`` and what is queued, up to a task's worth; and whether a stop came with it."""
+        while len(batch) < MAX_IDS_PER_TASK:
+            try:
+                item = self._ids.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                return batch, True
+            batch.append(item)
+        return batch, False
 
     def _drop_queued(self, stopping: bool) -> tuple[int, bool]:
         dropped = 0
