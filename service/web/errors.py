@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify, render_template
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from service.web.negotiation import wants_json
@@ -32,6 +33,15 @@ def error_response(status: int, message: str | None = None, **extra: object):  #
 
 
 def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(OperationalError)
+    def database_unavailable(error: OperationalError):  # type: ignore[no-untyped-def]
+        # A lost connection (a restart, a failover) or a timeout: "try again" rather than
+        # "something broke". Posting again is safe, and the pool reconnects by itself.
+        reason = str(error.orig or error).strip().splitlines()
+        log.warning("database unavailable: %s", reason[0] if reason else error.__class__.__name__)
+        response, status = error_response(503)
+        return response, status, {"Retry-After": "5"}
+
     @app.errorhandler(HTTPException)
     def handle_http_error(error: HTTPException):  # type: ignore[no-untyped-def]
         status = error.code or 500
