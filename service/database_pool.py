@@ -22,7 +22,9 @@ ALIVE_WINDOW_SECONDS = 0.5
 _RETURNED_AT = "newsletter_returned_at"
 
 
-def ping_idle_connections(engine: Engine, alive_window: float = ALIVE_WINDOW_SECONDS) -> None:
+def ping_idle_connections(engine: Engine, alive_window: float | None = None) -> None:
+    window = ALIVE_WINDOW_SECONDS if alive_window is None else alive_window
+
     @event.listens_for(engine, "checkin")
     def _returned(dbapi_connection, record) -> None:  # type: ignore[no-untyped-def]
         # record.info belongs to this DBAPI connection and is cleared when it is replaced.
@@ -31,10 +33,10 @@ def ping_idle_connections(engine: Engine, alive_window: float = ALIVE_WINDOW_SEC
     @event.listens_for(engine, "checkout")
     def _taken(dbapi_connection, record, proxy) -> None:  # type: ignore[no-untyped-def]
         returned_at = record.info.get(_RETURNED_AT)
-        if returned_at is None or time.monotonic() - returned_at < alive_window:
+        if returned_at is None or time.monotonic() - returned_at < window:
             return  # new, or used a moment ago
         try:
             engine.dialect.do_ping(dbapi_connection)
         except engine.dialect.loaded_dbapi.Error as error:
-            # The pool discards this connection and checks out another (three tries).
+            # The pool discards this connection and connects anew (once more before it gives up).
             raise DisconnectionError(f"an idle connection failed its ping: {error}") from error

@@ -32,15 +32,33 @@ def error_response(status: int, message: str | None = None, **extra: object):  #
                            errors=extra.get("errors") or {}), status
 
 
+RETRY_AFTER_SECONDS = 5
+# SQLSTATE classes of a connection that is gone: 08 (connection exception), and the
+# server shutting down or not yet accepting (admin_shutdown, crash_shutdown, cannot_connect_now).
+_LOST_CONNECTION_STATES = ("08", "57P01", "57P02", "57P03")
+
+
+def _connection_lost(error: OperationalError) -> bool:
+    """The database went away or cannot be reached, as opposed to a query that failed."""
+    if error.connection_invalidated:
+        return True
+    # psycopg gives no SQLSTATE to a connection it could not open (sqlite3 has no sqlstate at all).
+    state = getattr(error.orig, "sqlstate", "")
+    return state is None or (bool(state) and state.startswith(_LOST_CONNECTION_STATES))
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(OperationalError)
-    def database_unavailable(error: OperationalError):  # type: ignore[no-untyped-def]
-        # A lost connection (a restart, a failover) or a timeout: "try again" rather than
-        # "something broke". Posting again is safe, and the pool reconnects by itself.
+    def database_error(error: OperationalError):  # type: ignore[no-untyped-def]
+        if not _connection_lost(error):
+            log.error("database error", exc_info=error)
+            return error_response(500)
+        # A restart or a failover: "try again" rather than "something broke". The pool
+        # reconnects by itself; a form post is safe to repeat.
         reason = str(error.orig or error).strip().splitlines()
         log.warning("database unavailable: %s", reason[0] if reason else error.__class__.__name__)
-        response, status = error_response(503)
-        return response, status, {"Retry-After": "5"}
+        response, status = error_response(503, retry_after=RETRY_AFTER_SECONDS)
+        return response, status, {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
     @app.errorhandler(HTTPException)
     def handle_http_error(error: HTTPException):  # type: ignore[no-untyped-def]

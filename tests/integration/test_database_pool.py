@@ -1,16 +1,20 @@
 """Pooled PostgreSQL connections: pinged after sitting idle, trusted when just used."""
 
+import sqlite3
 import time
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
+from service import database_pool
 from service.database_pool import ping_idle_connections
 from service.extensions import db
 from service.models import Subscriber
+from service.web.errors import _connection_lost
 from tests.conftest import POSTGRES_ADMIN_URL
 
 WINDOW = 0.3
@@ -75,20 +79,36 @@ def test_inside_the_window_a_dead_connection_fails_once_and_the_pool_recovers():
     engine.dispose()
 
 
-def test_a_form_post_on_a_connection_the_database_dropped_gets_503_and_the_next_is_stored(stack, app):
+def test_a_form_post_on_a_connection_the_database_dropped_gets_503_and_the_next_is_stored(
+        stack, app, monkeypatch):
     if stack.name != "postgres":
         pytest.skip("SQLite has no server to lose")
-    client = app.test_client()
+    monkeypatch.setattr(database_pool, "ALIVE_WINDOW_SECONDS", 60)  # so the dead one is trusted
+    own = stack.make_app()  # a pool of its own, holding the one connection the first post used
+    client = own.test_client()
     form = {"email": "first@example.com", "topics": "marvel-news"}
     assert client.post("/subscribe", data=form).status_code == 200
-    with app.app_context():
-        pids = db.session.scalars(sa.text("SELECT pg_backend_pid()")).all()
-        db.session.commit()  # back to the pool, used a moment ago: trusted without a ping
-        for pid in pids:
-            _terminate(pid)
+    with own.app_context():
+        pid = db.session.scalar(sa.text("SELECT pg_backend_pid()"))
+        db.session.commit()  # back to the pool, where the next post takes it
+        _terminate(pid)
         dropped = client.post("/subscribe", data={**form, "email": "second@example.com"})
         assert dropped.status_code == 503 and dropped.headers["Retry-After"] == "5"
         assert "try again" in dropped.get_data(as_text=True)
-        assert client.post("/subscribe", data={**form, "email": "second@example.com"}).status_code == 200
+        assert client.post("/subscribe", json={**form, "email": "second@example.com",
+                                               "topics": ["marvel-news"]}).status_code == 202
         stored = db.session.scalars(select(Subscriber.email).order_by(Subscriber.email)).all()
+        db.engine.dispose()
     assert stored == ["first@example.com", "second@example.com"]
+
+
+@pytest.mark.parametrize(("error", "lost"), [
+    (psycopg.OperationalError("connection refused"), True),  # could not connect: no SQLSTATE
+    (psycopg.errors.AdminShutdown("terminating connection"), True),
+    (psycopg.errors.ConnectionFailure("server closed the connection"), True),
+    (psycopg.errors.QueryCanceled("statement timeout"), False),
+    (psycopg.errors.DeadlockDetected("deadlock"), False),
+    (sqlite3.OperationalError("no such table: subscribers"), False),
+])
+def test_only_a_lost_connection_is_a_503_other_database_errors_stay_500s(error, lost):
+    assert _connection_lost(OperationalError("SELECT 1", {}, error)) is lost
