@@ -4,9 +4,9 @@ Data-modifying CTEs insert the reader, a pending subscription per topic, their
 consent records and the confirmation delivery in a single round trip, where the
 general path in ``service.subscriptions`` (which every other case takes, and
 SQLite always) needs a query and a flush per step. The statement is built once
-per process and carries only bound parameters. When the caller's session has
-no transaction open (a form post), it runs on a connection of its own in
-autocommit mode: one round trip, without BEGIN and COMMIT.
+per process and carries only bound parameters. When the caller asks for it (a
+form post) and its session has no transaction open, it runs on a connection of
+its own in autocommit mode: one round trip, without BEGIN and COMMIT.
 
 It inserts nothing, and the caller falls back to the general path, when the
 address exists already (``ON CONFLICT DO NOTHING``, which also waits out a
@@ -57,9 +57,10 @@ def supported(session: Session) -> bool:
 
 
 def insert_new_reader(session: Session, reader: NewReader, default_frequency: str,
-                      now: datetime) -> tuple[int, int] | None:
+                      now: datetime, commit_alone: bool = False) -> tuple[int, int] | None:
     """Insert the reader and everything a first post creates; returns (subscriber id,
-    confirmation delivery id), or None when nothing was inserted."""
+    confirmation delivery id), or None when nothing was inserted. With ``commit_alone``
+    and no transaction open in ``session``, the statement commits itself."""
     consent = consent_values(reader.consent) if reader.consent is not None else {}
     parameters = {
         "slugs": list(reader.topic_slugs),
@@ -73,11 +74,11 @@ def insert_new_reader(session: Session, reader: NewReader, default_frequency: st
         "record_consent": reader.consent is not None,
         **{f"consent_{key}": consent.get(key) for key in _CONSENT_FIELDS},
     }
-    if _in_transaction(session):
+    if not commit_alone or _in_transaction(session):
         row = session.execute(_statement(), parameters).one()
     else:
-        # The session holds nothing uncommitted, and the statement is atomic on its own,
-        # so it commits itself: no BEGIN and COMMIT round trips around it.
+        # The caller commits next and has nothing open; the statement is atomic on its
+        # own, so it commits itself: no BEGIN and COMMIT round trips around it.
         with session.get_bind().connect() as connection:
             row = connection.execution_options(isolation_level="AUTOCOMMIT").execute(
                 _statement(), parameters).one()

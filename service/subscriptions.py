@@ -101,6 +101,7 @@ def subscribe(
     request: SubscriptionRequest,
     default_frequency: str,
     policy: ConfirmationPolicy = DEFAULT_POLICY,
+    commit_new_reader: bool = False,
 ) -> SubscribeOutcome:
     """Record a pending subscription and, when needed, a confirmation delivery.
 
@@ -110,7 +111,10 @@ def subscribe(
 
     On PostgreSQL an address never seen before, the commonest post, is stored
     in one statement (``service.new_readers``); every other case goes through
-    :func:`subscribe_in_steps`, which leaves the same rows.
+    :func:`subscribe_in_steps`, which leaves the same rows. With
+    ``commit_new_reader`` (a form post, which commits next anyway) that
+    statement commits itself if the session has no transaction open, saving
+    BEGIN and COMMIT; the caller can then not roll it back.
     """
     errors: dict[str, str] = {}
     fields = _check_fields(request, errors)
@@ -118,7 +122,7 @@ def subscribe(
     if not errors and slugs and policy.max_while_pending > 0 and new_readers.supported(session):
         inserted = new_readers.insert_new_reader(session, NewReader(
             fields.email, slugs, fields.name, fields.frequency, fields.timezone, request.consent,
-        ), default_frequency, utcnow())
+        ), default_frequency, utcnow(), commit_alone=commit_new_reader)
         if inserted is not None:
             subscriber_id, delivery_id = inserted
             return SubscribeOutcome(subscriber_id, [delivery_id])

@@ -182,6 +182,7 @@ def subscribe_post():  # type: ignore[no-untyped-def]
             ),
             default_frequency=settings.DEFAULT_FREQUENCY,
             policy=confirmation_policy(),
+            commit_new_reader=True,  # committed below in any case
         )
     except InvalidSubscription as invalid:
         db.session.rollback()

@@ -359,19 +359,30 @@ def test_a_new_reader_is_stored_alike_in_one_statement_and_in_steps(stack, sessi
     assert fast_rows["consent"][0][0]["page_url"] == consent.page_url[:2048]
 
 
-def test_a_new_readers_statement_commits_itself_only_when_the_session_has_nothing_open(stack, session):
-    """Alone, the one statement needs no BEGIN and COMMIT; inside a caller's transaction it is part of it."""
+def test_a_new_readers_statement_commits_itself_only_when_asked_and_nothing_is_open(stack, session):
+    """Alone, the one statement needs no BEGIN and COMMIT; otherwise it is part of the caller's
+    transaction, and the pooled connection comes back out of autocommit."""
     if stack.name != "postgres":
         pytest.skip("the one-statement path is PostgreSQL's")
+
+    def count(email: str) -> int:
+        return session.scalar(select(func.count()).select_from(Subscriber).where(Subscriber.email == email))
+
     session.commit()
-    alone = subscribe(session, SubscriptionRequest("alone@example.com", ["marvel-news"]), "weekly")
+    alone = subscribe(session, SubscriptionRequest("alone@example.com", ["marvel-news"]), "weekly",
+                      commit_new_reader=True)
+    with session.get_bind().connect() as connection:  # the last one returned: the pool is LIFO
+        assert connection.connection.dbapi_connection.autocommit is False
     session.rollback()
     assert session.get(Subscriber, alone.subscriber_id).email == "alone@example.com"
-    session.execute(select(Topic.id)).all()  # the caller's transaction is open now
-    subscribe(session, SubscriptionRequest("joined@example.com", ["marvel-news"]), "weekly")
+    session.commit()
+    subscribe(session, SubscriptionRequest("unasked@example.com", ["marvel-news"]), "weekly")
     session.rollback()
-    assert session.scalar(select(func.count()).select_from(Subscriber)
-                          .where(Subscriber.email == "joined@example.com")) == 0
+    session.execute(select(Topic.id)).all()  # the caller's transaction is open now
+    subscribe(session, SubscriptionRequest("joined@example.com", ["marvel-news"]), "weekly",
+              commit_new_reader=True)
+    session.rollback()
+    assert count("unasked@example.com") == count("joined@example.com") == 0
 
 
 def test_a_retired_topic_is_refused_and_nothing_is_stored(session):
