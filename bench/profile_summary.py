@@ -45,7 +45,8 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
 OPERATIONS: list[tuple[str, tuple[str, ...]]] = [
     ("rate limits: counting the post's windows",
      ("_check_request_limit (flask_limiter/", "SubscribeLimits.hit (service/")),
-    ("pool_pre_ping: SELECT 1 at each connection checkout", ("_do_ping_w_event", "do_ping (sqlalchemy/")),
+    ("connection ping at checkout (every one before session 6, then only after 0.5 s idle)",
+     ("_do_ping_w_event", "do_ping (sqlalchemy/")),
     ("the new reader's one statement (insert_new_reader)", ("insert_new_reader (service/",)),
     ("db.session.commit()", ("Session.commit (sqlalchemy/orm/session.py",)),
     ("handing the delivery to the publisher thread (publish_soon)", ("publish_soon (tasks/",)),

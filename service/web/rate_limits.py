@@ -28,6 +28,7 @@ from limits.strategies import FixedWindowRateLimiter
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "newsletter-limits"
+STORE_TIMEOUT_SECONDS = 1.0
 
 # KEYS: one per window, in the order to check them. ARGV: each window's length
 # in seconds, then its allowance. Returns {index of the first window exceeded
@@ -38,7 +39,11 @@ for i, key in ipairs(KEYS) do
   if count == 1 then redis.call('EXPIRE', key, ARGV[2 * i - 1]) end
   if count > tonumber(ARGV[2 * i]) then
     local ttl = redis.call('TTL', key)
-    if ttl < 0 then ttl = tonumber(ARGV[2 * i - 1]) end
+    if ttl < 0 then
+      -- A count without an expiry (never ours) would refuse for ever: give it its window.
+      redis.call('EXPIRE', key, ARGV[2 * i - 1])
+      ttl = tonumber(ARGV[2 * i - 1])
+    end
     return {i, ttl}
   end
 end
@@ -64,9 +69,15 @@ class SubscribeLimits:
     """The form's windows over one `limits` store, counted in one round trip where the store allows."""
 
     def __init__(self, storage_uri: str, rates: Sequence[tuple[str, str]]) -> None:
-        self.windows = [Window(scope, item) for scope, rate in rates for item in parse_many(rate)]
-        self.storage: Storage = storage_from_string(storage_uri, key_prefix=KEY_PREFIX) \
-            if storage_uri.startswith(("redis", "valkey")) else storage_from_string(storage_uri)
+        # Shortest window first within a scope, as Flask-Limiter ordered them, so a post
+        # refused for the minute is not counted against the hour.
+        self.windows = [Window(scope, item) for scope, rate in rates
+                        for item in sorted(parse_many(rate), key=lambda item: item.get_expiry())]
+        self.storage: Storage = storage_from_string(
+            storage_uri, key_prefix=KEY_PREFIX,
+            # A store that hangs must not hold the post for long: it is then served uncounted.
+            socket_timeout=STORE_TIMEOUT_SECONDS, socket_connect_timeout=STORE_TIMEOUT_SECONDS,
+        ) if storage_uri.startswith(("redis", "valkey")) else storage_from_string(storage_uri)
         self._one_trip = isinstance(self.storage, RedisStorage) and not isinstance(self.storage,
                                                                                    RedisClusterStorage)
         self._script = self.storage.storage.register_script(COUNT_WINDOWS) if self._one_trip else None
@@ -77,7 +88,8 @@ class SubscribeLimits:
         try:
             return self._hit_at_once(identities) if self._one_trip else self._hit_one_by_one(identities)
         except self.storage.base_exceptions as error:
-            log.warning("rate limits not counted, their store failed: %s", error.__class__.__name__)
+            log.warning("rate limits not counted, their store failed: %s: %s",
+                        error.__class__.__name__, error)
             return None
 
     def reset(self) -> None:
