@@ -63,12 +63,16 @@ def test_a_signed_token_reads_back_its_claims(purpose, data):
 @settings(max_examples=2000)  # cheap, and an accepted change is rare
 @given(purposes, claims, st.data())
 def test_a_token_with_one_character_changed_is_refused(purpose, data, draw):
+    # Nothing drawn may depend on the token, which carries the time it was signed: hypothesis
+    # replays an example and must draw the same things again a second later.
+    # The first and last characters are drawn more often: boundaries are where codecs slip.
+    position = draw.draw(st.integers(0, 10_000) | st.sampled_from([0, -1]), label="position")
+    replacement = draw.draw(token_characters, label="replacement")
     signer = TokenSigner(KEY)
     token = signer.sign(purpose, data)
-    # The first and last characters are drawn more often: boundaries are where codecs slip.
-    position = draw.draw(st.integers(0, len(token) - 1) | st.sampled_from([0, len(token) - 1]),
-                         label="position")
-    replacement = draw.draw(token_characters.filter(lambda c: c != token[position]), label="replacement")
+    position = len(token) - 1 if position == -1 else position % len(token)
+    if replacement == token[position]:
+        replacement = "A" if token[position] != "A" else "B"
     mangled = token[:position] + replacement + token[position + 1:]
     with pytest.raises(InvalidToken):
         signer.read(purpose, mangled)
