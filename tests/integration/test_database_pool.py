@@ -112,3 +112,21 @@ def test_a_form_post_on_a_connection_the_database_dropped_gets_503_and_the_next_
 ])
 def test_only_a_lost_connection_is_a_503_other_database_errors_stay_500s(error, lost):
     assert _connection_lost(OperationalError("SELECT 1", {}, error)) is lost
+
+
+def test_a_query_that_fails_is_a_logged_500_not_a_503(stack, app, caplog):
+    """A lock timeout is the query's failure, not the database's absence: no 'try again'."""
+    if stack.name != "postgres":
+        pytest.skip("a PostgreSQL lock timeout")
+    impatient = stack.make_app(DATABASE_URL=stack.env["DATABASE_URL"] + "?options=-c%20lock_timeout%3D200")
+    holder = sa.create_engine(stack.env["DATABASE_URL"], poolclass=sa.NullPool)
+    with holder.connect() as connection, caplog.at_level("ERROR", logger="service.web.errors"):
+        connection.execute(sa.text("LOCK TABLE subscribers IN ACCESS EXCLUSIVE MODE"))
+        answer = impatient.test_client().post("/subscribe", data={"email": "locked@example.com",
+                                                                  "topics": "marvel-news"})
+        connection.rollback()
+    holder.dispose()
+    with impatient.app_context():
+        db.engine.dispose()
+    assert answer.status_code == 500 and "Retry-After" not in answer.headers
+    assert "database error" in caplog.text and "LockNotAvailable" in caplog.text

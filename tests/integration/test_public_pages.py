@@ -7,7 +7,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from flask import session
+from flask import session, template_rendered
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from sqlalchemy import func, select
 
@@ -97,13 +97,21 @@ def test_no_page_sets_a_cookie_and_the_session_cannot_be_written(app, client):
         session["seen"] = True
 
 
-def test_the_check_inbox_page_links_its_stylesheet_under_each_mount_point(client):
-    # The page is rendered once per process and mount point, not once per post.
-    for root in ("", "/news", ""):
-        page = client.post("/subscribe", data={"email": "m@example.com", "topics": "marvel-news"},
-                           base_url=f"http://localhost{root}").get_data(as_text=True)
-        assert "Check your inbox" in page
-        assert f'href="{root}/static/style.css' in page
+def test_the_check_inbox_page_is_rendered_once_per_mount_point_with_its_links(stack, app):
+    fresh = stack.make_app()  # a new process's worth of cache
+    rendered: list[str] = []
+    record = lambda sender, template, context, **extra: rendered.append(template.name)  # noqa: E731
+    template_rendered.connect(record, fresh)
+    try:
+        client = fresh.test_client()
+        for n, root in enumerate(("", "/news", "", "/news")):
+            page = client.post("/subscribe", data={"email": f"m{n}@example.com", "topics": "marvel-news"},
+                               base_url=f"http://localhost{root}").get_data(as_text=True)
+            assert "Check your inbox" in page
+            assert f'href="{root}/static/style.css' in page
+    finally:
+        template_rendered.disconnect(record, fresh)
+    assert rendered.count("check_inbox.html") == 2
 
 
 def test_json_clients_get_202(client):
