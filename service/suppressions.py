@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.models import Subscriber, Suppression, SuppressionReason, utcnow
+from service.value_lists import among
 
 
 def address_hash(email: str) -> str:
@@ -34,7 +35,8 @@ def suppressed_addresses(session: Session, emails: Iterable[str]) -> set[str]:
     by_hash = {address_hash(email): email for email in emails}
     if not by_hash:
         return set()
-    found = session.scalars(select(Suppression.email_hash).where(Suppression.email_hash.in_(by_hash)))
+    found = session.scalars(
+        select(Suppression.email_hash).where(among(session, Suppression.email_hash, by_hash)))
     return {by_hash[digest] for digest in found}
 
 

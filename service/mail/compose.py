@@ -35,6 +35,7 @@ from service.models import (
     SubscriptionStatus,
     Topic,
 )
+from service.value_lists import among
 
 
 class LedgerEntry(Protocol):
@@ -156,7 +157,7 @@ class DigestComposer:
             return
         for delivery_id, topic_id, article_id in self._session.execute(
             select(DigestItem.delivery_id, DigestItem.topic_id, DigestItem.article_id)
-            .where(DigestItem.delivery_id.in_(ids))
+            .where(among(self._session, DigestItem.delivery_id, ids))
         ):
             self._contents.setdefault(delivery_id, []).append((topic_id, article_id))
 
