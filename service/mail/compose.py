@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -99,7 +98,7 @@ def stable_message_id(delivery: LedgerEntry, settings: Settings) -> str:
     """
     stamp = f"{delivery.created_at:%Y%m%d%H%M%S}"
     local = f"{delivery.kind.value}.{delivery.id}.{stamp}"
-    signature = hmac.new(settings.SECRET_KEY.encode(), local.encode(), hashlib.sha256).hexdigest()[:12]
+    signature = hmac.digest(settings.SECRET_KEY.encode(), local.encode(), "sha256").hex()[:12]
     return make_message_id(settings.mail_domain, f"{local}.{signature}")
 
 

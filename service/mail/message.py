@@ -82,7 +82,7 @@ def build_mime(message: OutgoingMessage) -> bytes:
         ("From", _address_header(message.mail_from)),
         ("To", _address_header(message.to)),
         ("Subject", _text_header(message.subject)),
-        ("Date", format_datetime(message.date)),
+        ("Date", _date_header(message.date)),
         ("Message-ID", message.message_id),
         ("MIME-Version", "1.0"),
         *message.extra_headers,
@@ -128,6 +128,16 @@ def qp_piece(text: str) -> bytes:
             cut -= 1
         encoded = encoded[:cut] + SOFT_BREAK + encoded[cut:]
     return encoded + SOFT_BREAK
+
+
+def _date_header(date: datetime) -> str:
+    # A fan-out writes the same second thousands of times; the header shows no fractions.
+    return _formatted_second(date.replace(microsecond=0))
+
+
+@lru_cache(maxsize=8)
+def _formatted_second(date: datetime) -> str:
+    return format_datetime(date)
 
 
 def _text_header(value: str) -> str:
