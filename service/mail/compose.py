@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parseaddr
-from typing import Protocol
+from typing import Any, Protocol
 
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -20,11 +21,12 @@ from service.mail.personalise import (
     DigestCopies,
     PersonalCopy,
     Reader,
+    TemplateCache,
     content_key,
     digest_context,
     personal_fields,
 )
-from service.mail.rendering import RenderedEmail, render_email
+from service.mail.rendering import RenderedEmail, render_email, templates_version
 from service.models import (
     Article,
     DeliveryKind,
@@ -141,13 +143,15 @@ def _reader(subscriber: Subscriber) -> Reader:
 
 class DigestComposer:
     """Composes the digests of one batch of deliveries: their items in one query,
-    each distinct content rendered once (see service.mail.personalise)."""
+    each distinct content rendered once (see service.mail.personalise), or not at
+    all when an earlier batch of this process made the same content."""
 
     def __init__(self, session: Session, settings: Settings) -> None:
         self._session = session
         self._settings = settings
         self._contents: dict[int, list[tuple[int, int]]] = {}
-        self.copies = DigestCopies(self._render_content)
+        self._templates_version: tuple[tuple[str, int, int], ...] | None = None
+        self.copies = DigestCopies(self._render_content, self._content_version, SHARED_TEMPLATES)
 
     def load(self, delivery_ids: Iterable[int]) -> None:
         """Fetch the (topic, article) pairs planned into these deliveries."""
@@ -168,16 +172,40 @@ class DigestComposer:
         return _outgoing(delivery, subscriber, self._settings, now, rendered, self._settings.DIGEST_MAIL_FROM,
                          [("List-Id", list_id(self._settings))], fields["unsubscribe_url"])
 
-    def _render_content(self, reader: Reader, key: ContentKey, fields: Mapping[str, str]) -> RenderedEmail:
-        frequency, _, sections_key = key
+    def _content_version(self, key: ContentKey) -> Hashable:
+        """Everything a render of this content reads but the key: the topics' and articles'
+        columns, the settings the template shows, and the template files."""
+        topics, articles = self._topics_and_articles(key)
+        if self._templates_version is None:
+            self._templates_version = templates_version()
+        shown_settings = (self._settings.PUBLISHER_NAME, self._settings.PUBLISHER_POSTAL_ADDRESS)
+        return (_column_values(topics.values()), _column_values(articles.values()), shown_settings,
+                self._templates_version)
+
+    def _topics_and_articles(self, key: ContentKey) -> tuple[dict[int, Topic], dict[int, Article]]:
+        _, _, sections_key = key
         topic_ids = [topic_id for topic_id, _ in sections_key]
         article_ids = [article_id for _, ids in sections_key for article_id in ids]
         topics = {t.id: t for t in self._session.scalars(select(Topic).where(Topic.id.in_(topic_ids)))}
         articles = {a.id: a for a in self._session.scalars(
             select(Article).where(Article.id.in_(article_ids)))}
+        return topics, articles
+
+    def _render_content(self, reader: Reader, key: ContentKey, fields: Mapping[str, str]) -> RenderedEmail:
+        frequency, _, sections_key = key
+        topics, articles = self._topics_and_articles(key)
         sections = digest_sections((topics[topic_id], articles[article_id])
                                    for topic_id, ids in sections_key for article_id in ids)
         return _render_digest(self._settings, frequency, sections, fields)
+
+
+# Templates of contents, shared by the batches this process sends.
+SHARED_TEMPLATES = TemplateCache()
+
+
+def _column_values(rows: Iterable[Topic | Article]) -> tuple[tuple[Any, ...], ...]:
+    return tuple(tuple(getattr(row, column.key) for column in sa_inspect(type(row)).column_attrs)
+                 for row in sorted(rows, key=lambda row: row.id))
 
 
 def _outgoing(delivery: LedgerEntry, subscriber: Subscriber, settings: Settings, now: datetime,

@@ -18,8 +18,12 @@ that content, and its readers are rendered one by one, as before.
 
 from __future__ import annotations
 
+import enum
 import re
-from collections.abc import Callable, Iterable, Mapping
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 
 from service import links
@@ -157,15 +161,65 @@ class _Template:
         return PersonalCopy(" ".join(subject.split()), self.text.fill(fields), self.html.fill(fields))
 
 
+class _Missing(enum.Enum):
+    MISSING = enum.auto()
+
+
+MISSING = _Missing.MISSING
+
+
+class TemplateCache:
+    """Contents already cut into templates, kept across the batches of one process.
+
+    A worker sends a fan-out in batches of DIGEST_BATCH_SIZE, and each batch
+    rendered each of its contents twice (the template and its probe). The key
+    under which a template is kept names everything its render read (see
+    DigestComposer's content version), so a hit is the digest a render would
+    give now; ``max_age`` bounds what the key cannot see, such as a template
+    that reads a relationship of an article.
+    """
+
+    def __init__(self, size: int = 64, max_age: float = 300.0) -> None:
+        self._size = size
+        self._max_age = max_age
+        self._entries: OrderedDict[Hashable, tuple[float, _Template | None]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> _Template | _Missing | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or time.monotonic() - entry[0] > self._max_age:
+                return MISSING
+            self._entries.move_to_end(key)
+            return entry[1]
+
+    def put(self, key: Hashable, template: _Template | None) -> None:
+        with self._lock:
+            self._entries[key] = (time.monotonic(), template)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
 class DigestCopies:
     """Renders digests through ``render``, once per content, for the life of one batch.
 
     ``render(reader, key, fields)`` is the slow path: it renders the digest of that
-    content for a reader with those personal fields.
+    content for a reader with those personal fields. With a ``shared`` cache,
+    ``version(key)`` names what the content's render would read now, and a
+    template made by an earlier batch for the same content and version is used.
     """
 
-    def __init__(self, render: Callable[[Reader, ContentKey, Mapping[str, str]], RenderedEmail]) -> None:
+    def __init__(self, render: Callable[[Reader, ContentKey, Mapping[str, str]], RenderedEmail],
+                 version: Callable[[ContentKey], Hashable] | None = None,
+                 shared: TemplateCache | None = None) -> None:
         self._render = render
+        self._version = version
+        self._shared = shared
         self._templates: dict[ContentKey, _Template | None] = {}
         self.renders = 0  # slow-path renders, for the benchmark and the tests
 
@@ -173,13 +227,23 @@ class DigestCopies:
                    ) -> PersonalCopy:
         """The digest of this content for this reader; ``fields`` are their personal_fields, if at hand."""
         if key not in self._templates:
-            self._templates[key] = self._template_for(reader, key)
+            self._templates[key] = self._shared_template(reader, key)
         template = self._templates[key]
         fields = fields or personal_fields(reader)
         if template is None:
             rendered = self._slow(reader, key, fields)
             return PersonalCopy(rendered.subject, rendered.text, rendered.html)
         return template.fill(fields)
+
+    def _shared_template(self, reader: Reader, key: ContentKey) -> _Template | None:
+        if self._shared is None or self._version is None:
+            return self._template_for(reader, key)
+        shared_key = (key, self._version(key))
+        template = self._shared.get(shared_key)
+        if template is MISSING:
+            template = self._template_for(reader, key)
+            self._shared.put(shared_key, template)
+        return template
 
     def _template_for(self, reader: Reader, key: ContentKey) -> _Template | None:
         """The content with placeholders, if filling it in gives exactly what rendering would."""

@@ -35,6 +35,14 @@ def email_environment(directory: Path = EMAIL_TEMPLATES_DIR) -> Environment:
     )
 
 
+def templates_version(directory: Path = EMAIL_TEMPLATES_DIR) -> tuple[tuple[str, int, int], ...]:
+    """Each template file with when it last changed and its size: a cache of rendered
+    emails keyed on this sees an edited, added or removed template at once."""
+    files = (path for path in directory.rglob("*") if path.is_file())
+    return tuple(sorted((str(path.relative_to(directory)), stat.st_mtime_ns, stat.st_size)
+                        for path, stat in ((path, path.stat()) for path in files)))
+
+
 _INLINER = css_inline.CSSInliner(keep_style_tags=True)
 
 

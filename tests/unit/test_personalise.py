@@ -6,7 +6,15 @@ from jinja2 import Environment
 
 from service.config import get_settings
 from service.mail.compose import DigestSection
-from service.mail.personalise import DigestCopies, Reader, content_key, digest_context, personal_fields
+from service.mail.personalise import (
+    MISSING,
+    DigestCopies,
+    Reader,
+    TemplateCache,
+    content_key,
+    digest_context,
+    personal_fields,
+)
 from service.mail.rendering import RenderedEmail, render_email
 from service.models import Article, Frequency, Topic
 
@@ -84,3 +92,56 @@ def test_a_template_that_transforms_a_personal_field_is_rendered_per_reader(sess
     assert [r.decoded().text for r in results] == [
         template.render(name=reader.name, email=reader.email) for reader in named]
     assert copies.renders > len(named)  # no shortcut taken after the failed check
+
+
+def test_a_later_batch_reuses_the_template_of_the_same_content_and_version(session):
+    shared = TemplateCache()
+    readers = [Reader(n, f"reader{n}@example.com", f"Reader {n}", Frequency.DAILY) for n in range(1, 4)]
+    first = DigestCopies(_render_with_templates, lambda key: "v1", shared)
+    for reader in readers:
+        first.digest_for(reader, content_key(reader, PAIRS))
+    assert first.renders == 2
+
+    later = DigestCopies(_render_with_templates, lambda key: "v1", shared)
+    for reader in readers:
+        key, fields = content_key(reader, PAIRS), personal_fields(reader)
+        assert later.digest_for(reader, key, fields).decoded() == _render_with_templates(reader, key, fields)
+    assert later.renders == 0
+
+    changed = DigestCopies(_render_with_templates, lambda key: "v2", shared)
+    changed.digest_for(readers[0], content_key(readers[0], PAIRS))
+    assert changed.renders == 2  # another version of the content: made anew
+
+
+def test_a_shared_template_is_not_used_past_its_age(session):
+    shared = TemplateCache(max_age=0)
+    reader = READERS[0]
+    for _ in range(2):
+        copies = DigestCopies(_render_with_templates, lambda key: "v1", shared)
+        copies.digest_for(reader, content_key(reader, PAIRS))
+        assert copies.renders == 2
+
+
+def test_the_shared_cache_keeps_the_most_recently_used_contents():
+    shared = TemplateCache(size=2)
+    shared.put("a", None)
+    shared.put("b", None)
+    assert shared.get("a") is None  # a hit, and now the most recent
+    shared.put("c", None)
+    assert shared.get("b") is MISSING
+    assert shared.get("a") is None and shared.get("c") is None
+
+
+def test_a_content_that_could_not_take_the_shortcut_is_remembered_as_such(session):
+    template = Environment(autoescape=True).from_string("Hello {{ name|upper }}")
+
+    def render(reader, key, fields) -> RenderedEmail:
+        text = template.render(name=fields["name"])
+        return RenderedEmail(subject="Digest", html=text, text=text)
+
+    shared = TemplateCache()
+    reader = READERS[0]
+    DigestCopies(render, lambda key: "v1", shared).digest_for(reader, content_key(reader, PAIRS))
+    later = DigestCopies(render, lambda key: "v1", shared)
+    assert later.digest_for(reader, content_key(reader, PAIRS)).decoded().text == "Hello PEGGY"
+    assert later.renders == 1  # the reader's own render, without checking the template again
