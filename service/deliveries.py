@@ -16,7 +16,6 @@ rows in *sending*, and they are sent again once their lease runs out.
 
 from __future__ import annotations
 
-import functools
 import logging
 import random
 import time
@@ -25,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Update, and_, bindparam, or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -44,7 +43,7 @@ from service.models import (
 )
 from service.pauses import open_pause
 from service.suppressions import suppressed_addresses
-from service.value_lists import among
+from service.value_lists import among, update_each
 from service.verp import verp_address
 
 log = logging.getLogger(__name__)
@@ -355,12 +354,12 @@ class _Outcomes:
                  ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
 
     def _write(self, session: Session) -> None:
-        # Rows with the same columns go in one executemany.
+        # Rows with the same columns go in one statement.
         by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for delivery_id, values in self.changes.items():
-            by_columns.setdefault(tuple(sorted(values)), []).append({"delivery_id": delivery_id, **values})
-        for columns, rows in by_columns.items():
-            session.execute(_update_by_id(columns), rows)
+            by_columns.setdefault(tuple(sorted(values)), []).append({"id": delivery_id, **values})
+        for rows in by_columns.values():
+            update_each(session, Delivery.__table__, "id", rows)
         for subscriber_id, error in self.reader_errors.items():
             session.execute(update(Subscriber).where(Subscriber.id == subscriber_id)
                             .values(last_delivery_error=error)
@@ -392,13 +391,3 @@ def reschedule_stalled(session: Session, settings: Settings, limit: int = 500) -
         )
         session.commit()
     return ids
-
-
-@functools.cache
-def _update_by_id(columns: tuple[str, ...]) -> Update:
-    """A Core UPDATE of the given columns by id, for executemany: the ORM's bulk update by
-    primary key costs a worker more than the rest of recording a group."""
-    table = Delivery.__table__
-    return (update(table)
-            .where(table.c.id == bindparam("delivery_id"))
-            .values({column: bindparam(column, type_=table.c[column].type) for column in columns}))

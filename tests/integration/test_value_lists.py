@@ -1,11 +1,13 @@
-"""``among``: the same rows as ``IN`` on both databases, and one statement text for any length."""
+"""``among`` and ``update_each``: the same rows on both databases, and one statement text for any length."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
+
 import sqlalchemy as sa
 
-from service.models import Topic
-from service.value_lists import among
+from service.models import Delivery, DeliveryKind, DeliveryState, Topic
+from service.value_lists import among, update_each
 
 
 def _names(session, ids) -> list[str]:  # type: ignore[no-untyped-def]
@@ -35,3 +37,31 @@ def test_among_renders_one_statement_for_any_length_on_postgresql(session) -> No
         assert "ANY" in sql([1])
     else:
         assert "IN" in sql([1])
+
+
+def test_update_each_sets_each_rows_own_values_through_the_column_types(session) -> None:  # type: ignore[no-untyped-def]
+    deliveries = [Delivery(kind=DeliveryKind.CONFIRMATION) for _ in range(3)]
+    session.add_all(deliveries)
+    session.commit()
+    untouched = Delivery(kind=DeliveryKind.CONFIRMATION)
+    session.add(untouched)
+    session.commit()
+    sent_at = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
+    rows = [
+        {"id": deliveries[0].id, "state": DeliveryState.SENT, "last_error": None, "sent_at": sent_at},
+        {"id": deliveries[1].id, "state": DeliveryState.FAILED, "last_error": "550 no such user",
+         "sent_at": None},
+        {"id": deliveries[2].id, "state": DeliveryState.DEFERRED, "last_error": "451 'later'; \"quoted\"",
+         "sent_at": sent_at.astimezone(timezone(timedelta(hours=-5)))},
+    ]
+    update_each(session, Delivery.__table__, "id", rows)
+    session.commit()
+    session.expire_all()
+    found = {d.id: (d.state, d.last_error, d.sent_at) for d in session.scalars(sa.select(Delivery))}
+    assert found == {
+        deliveries[0].id: (DeliveryState.SENT, None, sent_at),
+        deliveries[1].id: (DeliveryState.FAILED, "550 no such user", None),
+        deliveries[2].id: (DeliveryState.DEFERRED, "451 'later'; \"quoted\"", sent_at),
+        untouched.id: (DeliveryState.QUEUED, None, None),
+    }
+    update_each(session, Delivery.__table__, "id", [])  # nothing to do, and no statement
