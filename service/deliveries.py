@@ -176,7 +176,7 @@ def _sendable(claimed: list[ClaimedDelivery], subscribers: dict[int, Subscriber]
             outcomes.finish(delivery, DeliveryState.FAILED, "the message could not be composed")
             continue
         envelope = Envelope(envelope_sender(delivery, message, settings), (message.to,), raw,
-                            message.subject, message.message_id)
+                            message.subject, message.message_id, transparent=True)
         yield (delivery, message.message_id, now), envelope
 
 

@@ -52,6 +52,9 @@ class Envelope:
     raw: bytes
     subject: str = ""
     message_id: str = ""
+    # No line of ``raw`` starts with a dot (build_mime's output, DKIM-signed or not): SMTP's
+    # dot-stuffing has nothing to add, and the scan of every message for it is skipped.
+    transparent: bool = False
 
 
 K = TypeVar("K")
@@ -132,9 +135,14 @@ class PipeliningSMTP(smtplib.SMTP):
             raise smtplib.SMTPDataError(data_code, data_message)
         return refused
 
-    def send_content(self, message: bytes) -> None:
-        """The message after DATA's 354, with the end-of-data line; its reply is read later."""
-        self.send(_dot_stuffed(message) + b".\r\n")
+    def send_content(self, message: bytes, transparent: bool = False) -> None:
+        """The message after DATA's 354, with the end-of-data line; its reply is read later.
+
+        ``transparent``: no line of the message starts with a dot (see Envelope).
+        """
+        if not (transparent and message.endswith(b"\r\n")):
+            message = _dot_stuffed(message)
+        self.send(message + b".\r\n")
 
 
 class PipeliningSMTP_SSL(smtplib.SMTP_SSL, PipeliningSMTP):
@@ -265,7 +273,7 @@ class SMTPTransport:
                     continue
                 try:
                     refused = self._connection.read_begin_replies(envelope.sender, recipients)
-                    self._connection.send_content(envelope.raw)
+                    self._connection.send_content(envelope.raw, envelope.transparent)
                 except (smtplib.SMTPException, OSError) as error:
                     replies_pending = False
                     yield self._failed(key, started, error)

@@ -71,6 +71,8 @@ def test_messages_are_dkim_signed_over_the_list_unsubscribe_headers(stack, app, 
         return record
 
     assert dkim.verify(received.raw, dnsfunc=dns)
+    # Sent without dot-stuffing (Envelope.transparent): the signature adds no line starting with a dot.
+    assert not received.raw.startswith(b".") and b"\r\n." not in received.raw
     tampered = received.raw.replace(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click",
                                     b"List-Unsubscribe-Post: List-Unsubscribe=Twice")
     assert not dkim.verify(tampered, dnsfunc=dns)

@@ -6,10 +6,13 @@ import smtplib
 import socket
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from email import message_from_bytes, policy
 
 import pytest
 from aiosmtpd.controller import Controller
 
+from service.mail.message import OutgoingMessage, build_mime, make_message_id
 from service.mail.transport import (
     Envelope,
     PermanentSendError,
@@ -120,6 +123,22 @@ def test_messages_in_a_row_arrive_in_order_and_each_outcome_is_its_own(smtp: SMT
     assert isinstance(errors[3], TemporarySendError) and "451" in errors[3].reply
     assert [(m.recipients, m.raw) for m in smtp.messages] == [
         (["a@example.com"], _message(0)), (["b@example.com"], _message(2)), (["c@example.com"], _message(4))]
+
+
+def test_a_transparent_message_arrives_byte_for_byte_and_an_opaque_one_is_stuffed(smtp: SMTPServer):
+    """build_mime's output goes out unscanned; anything else is dot-stuffed as before."""
+    text = ".a line that starts with a dot\n" + "x" * 75 + "." * 100 + "\n.\n"
+    raw = build_mime(OutgoingMessage("news@example.com", "peggy@example.com", "Dots", text, text,
+                                     make_message_id("example.com"), datetime(2026, 11, 29, tzinfo=UTC)))
+    with SMTPTransport(SMTPSettings(host="127.0.0.1", port=smtp.port)) as transport:
+        outcomes = list(transport.send_all([
+            (0, Envelope("news@example.com", ("peggy@example.com",), raw, transparent=True)),
+            (1, Envelope("news@example.com", ("peggy@example.com",), MESSAGE)),
+        ]))
+    assert outcomes == [(0, None), (1, None)]
+    assert [m.raw for m in smtp.messages] == [raw, MESSAGE + b"\r\n"]
+    parts = list(message_from_bytes(smtp.messages[0].raw, policy=policy.default).iter_parts())
+    assert [part.get_content().replace("\r\n", "\n") for part in parts] == [text, text]
 
 
 class _HoldingServer:

@@ -113,3 +113,17 @@ def test_a_piece_ends_in_a_soft_break_that_never_makes_its_line_too_long(length)
 def test_a_piece_that_ends_a_line_needs_no_soft_break():
     assert qp_piece("Hello\n") == b"Hello\r\n"
     assert qp_piece("") == b""
+
+
+@pytest.mark.parametrize("text", [
+    ".starts with a dot\n.\n..\n. \nend.",
+    "x" * 75 + "." * 300,  # soft breaks fall right before dots, again and again
+    "é" * 25 + "." + "=" * 100,  # escapes around the cut
+])
+def test_no_line_starts_with_a_dot_and_the_text_comes_back(text):
+    raw = build_mime(_message(text=text, html=text))
+    assert not raw.startswith(b".") and b"\r\n." not in raw
+    body = raw.split(b"\r\n\r\n", 1)[1]
+    assert max(len(line) for line in body.split(b"\r\n")) <= 76
+    text_part, html_part = _parse(raw).iter_parts()
+    assert _content(text_part) == _content(html_part) == text

@@ -7,6 +7,7 @@ VERP addresses and the MIME bytes we send.
 
 from __future__ import annotations
 
+import binascii
 import string
 import sys
 from datetime import UTC, datetime
@@ -346,3 +347,32 @@ subjects = st.lists(topic_names, min_size=1, max_size=20).map(
 def test_any_subject_keeps_every_line_short(subject):
     raw = build_mime(_message("Hello", "<p>Hello</p>", subject=subject))
     _assert_lines_are_crlf_and_short(raw)
+
+
+# Text rich in what makes a quoted-printable line start with a dot: dots, line breaks,
+# escapes and runs long enough for a soft break to fall anywhere.
+dotty_text = st.text(alphabet=st.sampled_from(".. .=\n\txé"), max_size=400) | st.text()
+
+
+def _no_line_starts_with_a_dot(raw: bytes) -> bool:
+    return not raw.startswith(b".") and b"\n." not in raw
+
+
+@settings(deadline=None)
+@given(st.lists(dotty_text, max_size=6), dotty_text)
+def test_no_line_of_a_message_starts_with_a_dot_so_smtp_needs_no_stuffing(pieces, html):
+    """build_mime's output goes to SMTP without dot-stuffing (Envelope.transparent)."""
+    text = "".join(piece.replace("\r", "\n") for piece in pieces)
+    body = EncodedBody.joined(qp_piece(piece.replace("\r", "\n")) for piece in pieces)
+    for encoded in (body.qp, quoted_printable(text), quoted_printable(html)):
+        assert _no_line_starts_with_a_dot(encoded)
+    assert _lf(body.decoded()) == _lf(text)
+    raw = build_mime(_message(body, html))  # type: ignore[arg-type]
+    assert _no_line_starts_with_a_dot(raw)
+    _assert_lines_are_crlf_and_short(raw)
+    text_part, html_part = message_from_bytes(raw, policy=policy.default).iter_parts()
+    assert _lf(text_part.get_content()) == _lf(text)
+    assert _lf(html_part.get_content()) == _lf(html)
+    # The =2E escape never makes a line longer than binascii's own longest.
+    plain = binascii.b2a_qp(_lf(html).encode(), quotetabs=False, istext=True, header=False)
+    assert _longest_line(quoted_printable(html)) <= max(MAX_QP_LINE, *map(len, plain.split(b"\n")))
