@@ -28,6 +28,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from service.autocommit import can_commit_alone, execute_alone
 from service.config import Settings
 from service.mail.compose import DigestComposer, compose_confirmation
 from service.mail.message import OutgoingMessage, build_mime
@@ -221,7 +222,7 @@ def _claim(session: Session, delivery_ids: Sequence[int], settings: Settings) ->
     lease_expired = now - timedelta(seconds=settings.DELIVERY_LEASE_SECONDS)
     # Core, not the ORM's bulk UPDATE: nothing here needs the ORM, and its layer cost as much as the rest.
     table = Delivery.__table__
-    rows = session.execute(
+    claim = (
         update(table)
         .where(
             among(session, table.c.id, delivery_ids),
@@ -233,8 +234,12 @@ def _claim(session: Session, delivery_ids: Sequence[int], settings: Settings) ->
         .values(state=DeliveryState.SENDING, attempts=table.c.attempts + 1, updated_at=now)
         .returning(table.c.id, table.c.kind, table.c.subscriber_id, table.c.period, table.c.created_at,
                    table.c.attempts)
-    ).all()
-    session.commit()
+    )
+    if can_commit_alone(session):
+        rows = execute_alone(session, claim)
+    else:
+        rows = session.execute(claim).all()
+        session.commit()
     by_id = {row.id: ClaimedDelivery(*row) for row in rows}
     return [by_id[i] for i in dict.fromkeys(delivery_ids) if i in by_id]
 

@@ -23,9 +23,10 @@ from functools import cache
 
 from sqlalchemy import Integer, String, bindparam, func, literal_column, select
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.orm import Session, scoped_session
+from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
 
+from service.autocommit import can_commit_alone, execute_alone
 from service.consent import ConsentContext, consent_values
 from service.models import (
     ConsentRecord,
@@ -74,22 +75,14 @@ def insert_new_reader(session: Session, reader: NewReader, default_frequency: st
         "record_consent": reader.consent is not None,
         **{f"consent_{key}": consent.get(key) for key in _CONSENT_FIELDS},
     }
-    if not commit_alone or _in_transaction(session):
-        row = session.execute(_statement(), parameters).one()
+    if commit_alone and can_commit_alone(session):
+        # The caller commits next and has nothing open; the statement is atomic on its own.
+        [row] = execute_alone(session, _statement(), parameters)
     else:
-        # The caller commits next and has nothing open; the statement is atomic on its
-        # own, so it commits itself: no BEGIN and COMMIT round trips around it.
-        with session.get_bind().connect() as connection:
-            row = connection.execution_options(isolation_level="AUTOCOMMIT").execute(
-                _statement(), parameters).one()
+        row = session.execute(_statement(), parameters).one()
     if row.subscriber_id is None:
         return None
     return row.subscriber_id, row.delivery_id
-
-
-def _in_transaction(session: Session | scoped_session[Session]) -> bool:
-    actual = session() if isinstance(session, scoped_session) else session
-    return actual.in_transaction()
 
 
 _CONSENT_FIELDS = ("source", "page_url", "ip_address", "user_agent", "consent_text_version")
