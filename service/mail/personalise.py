@@ -131,11 +131,16 @@ class _Cut:
         pieces.append(qp_piece(body[start:]))
         return cls(tuple(pieces), tuple(slots))
 
-    def fill(self, fields: Mapping[str, str]) -> EncodedBody:
+    def fill(self, fields: Mapping[str, str], encoded: dict[str, bytes] | None = None) -> EncodedBody:
+        """This body for these fields; ``encoded`` keeps each value's quoted-printable for
+        the other slots and bodies of the same message (a link appears several times)."""
+        encoded = {} if encoded is None else encoded
         out = [self.pieces[0]]
         for (field, escapes), piece in zip(self.slots, self.pieces[1:], strict=True):
-            value = fields[field]
-            out.append(qp_piece(value.translate(escapes) if escapes else value))
+            value = fields[field].translate(escapes) if escapes else fields[field]
+            if value not in encoded:
+                encoded[value] = qp_piece(value)
+            out.append(encoded[value])
             out.append(piece)
         return EncodedBody.joined(out)
 
@@ -158,7 +163,9 @@ class _Template:
 
     def fill(self, fields: Mapping[str, str]) -> PersonalCopy:
         subject = _PLACEHOLDER.sub(lambda match: fields[_FIELD_OF[match.group()]], self.subject)
-        return PersonalCopy(" ".join(subject.split()), self.text.fill(fields), self.html.fill(fields))
+        encoded: dict[str, bytes] = {}
+        return PersonalCopy(" ".join(subject.split()), self.text.fill(fields, encoded),
+                            self.html.fill(fields, encoded))
 
 
 class _Missing(enum.Enum):
