@@ -20,10 +20,19 @@ from sqlalchemy.orm import Session, scoped_session
 
 def can_commit_alone(session: Session | scoped_session[Session]) -> bool:
     """On PostgreSQL, with no transaction open and no change waiting to be flushed."""
+    return not _holds_work(session) and session.get_bind().dialect.name == "postgresql"
+
+
+def commit_held_work(session: Session | scoped_session[Session]) -> None:
+    """Commit what the session holds, and skip the commit when it holds nothing (after a
+    statement that committed alone): SQLAlchemy would begin and end an empty transaction."""
+    if _holds_work(session):
+        session.commit()
+
+
+def _holds_work(session: Session | scoped_session[Session]) -> bool:
     actual = session() if isinstance(session, scoped_session) else session
-    if actual.in_transaction() or actual.new or actual.dirty or actual.deleted:
-        return False
-    return actual.get_bind().dialect.name == "postgresql"
+    return actual.in_transaction() or bool(actual.new or actual.dirty or actual.deleted)
 
 
 def execute_alone(session: Session | scoped_session[Session], statement: Executable,

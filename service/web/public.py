@@ -13,6 +13,7 @@ from flask import Blueprint, current_app, jsonify, redirect, render_template, re
 from werkzeug.wrappers import Response
 
 from service import links
+from service.autocommit import commit_held_work
 from service.config import FREQUENCIES, get_settings
 from service.consent import ConsentContext
 from service.extensions import db
@@ -182,14 +183,14 @@ def subscribe_post():  # type: ignore[no-untyped-def]
             ),
             default_frequency=settings.DEFAULT_FREQUENCY,
             policy=confirmation_policy(),
-            commit_new_reader=True,  # committed below in any case
+            commit_new_reader=True,  # whatever else it did is committed below
         )
     except InvalidSubscription as invalid:
         db.session.rollback()
         if wants_json():
             return jsonify({"error": "Please correct the marked fields.", "errors": invalid.errors}), 422
         return _render_subscribe(form, invalid.errors), 422
-    db.session.commit()
+    commit_held_work(db.session)
     publish_soon(outcome.delivery_ids)
     return _accepted(form)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from service.autocommit import can_commit_alone, execute_alone
+from service.autocommit import can_commit_alone, commit_held_work, execute_alone
 from service.extensions import db
 from service.models import Topic
 
@@ -32,3 +32,20 @@ def test_what_it_wrote_is_committed_and_the_session_stays_clean(session) -> None
     assert not session().in_transaction()
     with db.engine.connect() as other:  # another connection sees it: it is committed
         assert other.scalar(sa.select(table.c.description).where(table.c.id == row.id)) == "Committed alone"
+
+
+def test_held_work_is_committed_and_an_idle_session_is_left_alone(session) -> None:  # type: ignore[no-untyped-def]
+    session.commit()
+    commits: list[object] = []
+    count = commits.append  # one bound method, to remove the very listener added
+    sa.event.listen(session(), "after_commit", count)
+    try:
+        commit_held_work(session)
+        assert commits == []  # no empty transaction begun and committed
+        session.add(Topic(slug="held", name="Held"))
+        commit_held_work(session)
+        assert len(commits) == 1
+    finally:
+        sa.event.remove(session(), "after_commit", count)
+    with db.engine.connect() as other:
+        assert other.scalar(sa.select(Topic.name).where(Topic.slug == "held")) == "Held"
