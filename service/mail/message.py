@@ -14,7 +14,7 @@ import re
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.header import Header
 from email.utils import format_datetime, formataddr, parseaddr
 from functools import lru_cache
@@ -112,9 +112,12 @@ def build_mime(message: OutgoingMessage) -> bytes:
 
 def quoted_printable(text: str) -> bytes:
     """Encode a body as quoted-printable with CRLF line breaks, no line starting with a dot."""
+    return _quoted_printable_lf(text).replace(b"\n", CRLF)
+
+
+def _quoted_printable_lf(text: str) -> bytes:
     normalised = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
-    encoded = binascii.b2a_qp(normalised, quotetabs=False, istext=True, header=False)
-    return _without_leading_dots(encoded).replace(b"\n", CRLF)
+    return _without_leading_dots(binascii.b2a_qp(normalised, quotetabs=False, istext=True, header=False))
 
 
 def _without_leading_dots(encoded: bytes) -> bytes:
@@ -134,13 +137,18 @@ def _without_leading_dots(encoded: bytes) -> bytes:
             line = b"=2E" + line[1:]
             if len(line) <= MAX_QP_LINE:
                 break
-            cut = MAX_QP_LINE - 1
-            while b"=" in line[cut - 2:cut]:
-                cut -= 1
+            cut = _outside_escapes(line, MAX_QP_LINE - 1)
             lines.append(line[:cut] + b"=")
             line = line[cut:]
         lines.append(line)
     return b"\n".join(lines)
+
+
+def _outside_escapes(encoded: bytes, cut: int) -> int:
+    """``cut``, or the nearest place before it that does not split an =XX escape."""
+    while b"=" in encoded[cut - 2:cut]:
+        cut -= 1
+    return cut
 
 
 def qp_piece(text: str) -> bytes:
@@ -149,29 +157,30 @@ def qp_piece(text: str) -> bytes:
     Each piece ends at a line break, a soft one where ``text`` has none, so the
     joined pieces decode to the joined texts (their line breaks normalised
     piece by piece: a CR ending one piece and an LF starting the next are two
-    breaks) and no line grows past 76 characters. A digest's static parts are encoded once this way, and only
-    each reader's fields per message.
+    breaks) and no line grows past 76 characters. A digest's static parts are
+    encoded once this way, and only each reader's fields per message. As with
+    :func:`quoted_printable`, no line starts with a dot.
     """
-    encoded = quoted_printable(text)
-    if not encoded or encoded.endswith(CRLF):
-        return encoded
+    encoded = _quoted_printable_lf(text)
+    if not encoded or encoded.endswith(b"\n"):
+        return encoded.replace(b"\n", CRLF)
     last_line = encoded.rfind(b"\n") + 1
     if len(encoded) - last_line >= MAX_QP_LINE:
-        # No room for the "=": break the line earlier, but not inside an =XX escape.
-        cut = last_line + MAX_QP_LINE - 3
-        while b"=" in encoded[cut - 2:cut]:
-            cut -= 1
-        encoded = encoded[:cut] + SOFT_BREAK + encoded[cut:]
-    return encoded + SOFT_BREAK
+        # No room for the "=": break the line earlier; the few characters moved to a
+        # line of their own may start with a dot.
+        cut = _outside_escapes(encoded, last_line + MAX_QP_LINE - 3)
+        encoded = encoded[:cut] + b"=\n" + _without_leading_dots(encoded[cut:])
+    return (encoded + b"=\n").replace(b"\n", CRLF)
 
 
 def _date_header(date: datetime) -> str:
     # A fan-out writes the same second thousands of times; the header shows no fractions.
-    return _formatted_second(date.replace(microsecond=0))
+    # The offset is part of the key: equal instants in two zones are written differently.
+    return _formatted_second(date.replace(microsecond=0), date.utcoffset())
 
 
 @lru_cache(maxsize=8)
-def _formatted_second(date: datetime) -> str:
+def _formatted_second(date: datetime, utcoffset: timedelta | None) -> str:
     return format_datetime(date)
 
 

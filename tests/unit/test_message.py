@@ -1,4 +1,4 @@
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from email import message_from_bytes, policy
 
 import pytest
@@ -127,3 +127,23 @@ def test_no_line_starts_with_a_dot_and_the_text_comes_back(text):
     assert max(len(line) for line in body.split(b"\r\n")) <= 76
     text_part, html_part = _parse(raw).iter_parts()
     assert _content(text_part) == _content(html_part) == text
+
+
+@pytest.mark.parametrize("before", range(66, 82))
+@pytest.mark.parametrize("after", [0, 1, 2, 5])
+def test_no_piece_starts_a_line_with_a_dot_wherever_its_last_line_is_cut(before, after):
+    """A piece's last line too long for its soft break is cut 73 characters in; what is
+    moved to a line of its own may start with a dot (an address ending in '.co.uk')."""
+    text = "a" * before + "." + "uk"[:after] + "x" * max(0, after - 2)
+    piece = qp_piece(text)
+    assert not piece.startswith(b".") and b"\r\n." not in piece
+    assert max(len(line) for line in piece.split(b"\r\n")) <= 76
+    assert EncodedBody.joined([piece, qp_piece("!")]).decoded() == text + "!"
+
+
+def test_the_date_header_of_one_instant_in_two_zones_names_each_zone():
+    utc = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
+    paris = utc.astimezone(timezone(timedelta(hours=1)))
+    headers = [_parse(build_mime(_message(date=date)))["Date"] for date in (utc, paris, utc)]
+    assert headers == ["Sun, 29 Nov 2026 03:00:00 +0000", "Sun, 29 Nov 2026 04:00:00 +0100",
+                       "Sun, 29 Nov 2026 03:00:00 +0000"]
