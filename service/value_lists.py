@@ -17,10 +17,11 @@ import functools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, TextClause, Update, any_, bindparam, text, update
+from sqlalchemy import ColumnElement, String, Table, TextClause, Update, any_, bindparam, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
+from sqlalchemy.types import TypeEngine
 
 
 def among(session: Session, column: ColumnElement[Any], values: Iterable[Any]) -> ColumnElement[bool]:
@@ -62,11 +63,18 @@ def _update_by_key(table: Table, key: str, columns: tuple[str, ...]) -> Update:
             .values({name: bindparam(name, type_=table.c[name].type) for name in columns}))
 
 
+def _element_type(column_type: TypeEngine[Any]) -> str:
+    # Strings as TEXT: a cast to VARCHAR(n) would cut a value too long for the column
+    # silently, where assigning it fails as a plain UPDATE would.
+    if isinstance(column_type, String):
+        return "TEXT"
+    return column_type.compile(dialect=postgresql.dialect())
+
+
 @functools.cache
 def _update_from_arrays(table: Table, key: str, columns: tuple[str, ...]) -> TextClause:
-    dialect = postgresql.dialect()
     names = (key, *columns)
-    arrays = ", ".join(f"CAST(:{name} AS {table.c[name].type.compile(dialect=dialect)}[])" for name in names)
+    arrays = ", ".join(f"CAST(:{name} AS {_element_type(table.c[name].type)}[])" for name in names)
     assignments = ", ".join(f"{name} = arrays.{name}" for name in columns)
     return text(f"UPDATE {table.name} SET {assignments} FROM unnest({arrays}) AS arrays({', '.join(names)}) "
                 f"WHERE {table.name}.{key} = arrays.{key}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.utils import parseaddr
 from functools import lru_cache
 from typing import Any, Protocol
@@ -99,14 +99,16 @@ def stable_message_id(delivery: LedgerEntry, settings: Settings) -> str:
     It ends in an HMAC of the delivery, so a forged bounce cannot guess the
     Message-ID of someone else's mail to pin a bounce on them.
     """
-    local = f"{delivery.kind.value}.{delivery.id}.{_stamp(delivery.created_at)}"
+    created_at = delivery.created_at
+    local = f"{delivery.kind.value}.{delivery.id}.{_stamp(created_at, created_at.utcoffset())}"
     signature = hmac.digest(settings.SECRET_KEY.encode(), local.encode(), "sha256").hex()[:12]
     return make_message_id(settings.mail_domain, f"{local}.{signature}")
 
 
 @lru_cache(maxsize=64)
-def _stamp(created_at: datetime) -> str:
+def _stamp(created_at: datetime, utcoffset: timedelta | None) -> str:
     # A fan-out's deliveries are planned in a few statements: their creation times repeat.
+    # The offset is part of the key, as equal instants in two zones have two stamps.
     return f"{created_at:%Y%m%d%H%M%S}"
 
 

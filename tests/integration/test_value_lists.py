@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
+import pytest
 import sqlalchemy as sa
 
 from service.models import Delivery, DeliveryKind, DeliveryState, Topic
@@ -65,3 +66,14 @@ def test_update_each_sets_each_rows_own_values_through_the_column_types(session)
         untouched.id: (DeliveryState.QUEUED, None, None),
     }
     update_each(session, Delivery.__table__, "id", [])  # nothing to do, and no statement
+
+
+def test_update_each_refuses_a_value_too_long_for_its_column_as_an_update_would(session) -> None:  # type: ignore[no-untyped-def]
+    if session.get_bind().dialect.name != "postgresql":
+        pytest.skip("SQLite does not enforce a column's length")
+    delivery = Delivery(kind=DeliveryKind.CONFIRMATION)
+    session.add(delivery)
+    session.commit()
+    with pytest.raises(sa.exc.DataError):  # not cut to fit
+        update_each(session, Delivery.__table__, "id", [{"id": delivery.id, "message_id": "x" * 300}])
+    session.rollback()
