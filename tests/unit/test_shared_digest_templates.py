@@ -1,12 +1,13 @@
 """A digest content made once per process, and made again as soon as anything it shows changes."""
 
+import os
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
 
 from service.mail.compose import SHARED_TEMPLATES, DigestComposer
-from service.mail.rendering import templates_version
+from service.mail.rendering import EMAIL_TEMPLATES_DIR, templates_version
 from service.models import Article, Delivery, Subscriber, Topic
 from tests.unit.test_digest_planning import MONDAY_9, article, plan, reader, settings  # noqa: F401
 
@@ -66,3 +67,16 @@ def test_the_template_files_version_changes_when_a_file_is_edited_added_or_remov
     (tmp_path / "topics" / "marvel-news.html").unlink()
     assert len({before, edited, added}) == 3
     assert templates_version(tmp_path) == edited
+
+
+def test_an_edited_template_file_is_made_anew(session, settings, two_digests):  # noqa: F811
+    first, second = two_digests
+    _compose(session, settings, first)
+    template = EMAIL_TEMPLATES_DIR / "digest.txt"
+    before = template.stat()
+    try:
+        os.utime(template, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))  # saved again
+        _, renders = _compose(session, settings, second)
+        assert renders == 2
+    finally:
+        os.utime(template, ns=(before.st_atime_ns, before.st_mtime_ns))
