@@ -1,6 +1,7 @@
 """Statements over a list of values that keep one text whatever the list's length.
 
-``among``: ``column IN (a list of values)``. ``update_each``: one UPDATE per row.
+``among``: ``column IN (a list of values)``. ``update_each``: many rows updated by key,
+each with values of its own.
 
 SQLAlchemy renders ``in_()`` with one bound parameter per value, so a group of
 50 deliveries and a group of 49 are two statements, each compiled apart. And

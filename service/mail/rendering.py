@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 import css_inline
@@ -37,10 +38,21 @@ def email_environment(directory: Path = EMAIL_TEMPLATES_DIR) -> Environment:
 
 def templates_version(directory: Path = EMAIL_TEMPLATES_DIR) -> tuple[tuple[str, int, int], ...]:
     """Each template file with when it last changed and its size: a cache of rendered
-    emails keyed on this sees an edited, added or removed template at once."""
-    files = (path for path in directory.rglob("*") if path.is_file())
-    return tuple(sorted((str(path.relative_to(directory)), stat.st_mtime_ns, stat.st_size)
-                        for path, stat in ((path, path.stat()) for path in files)))
+    emails keyed on this sees an edited, added or removed template at once.
+
+    A file that vanishes while the folder is read (an editor's swap file, a deploy
+    replacing the folder) is left out, not an error: an error here would fail the
+    batch's messages.
+    """
+    files = []
+    for path in directory.rglob("*"):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue
+        if S_ISREG(stat.st_mode):
+            files.append((str(path.relative_to(directory)), stat.st_mtime_ns, stat.st_size))
+    return tuple(sorted(files))
 
 
 _INLINER = css_inline.CSSInliner(keep_style_tags=True)

@@ -80,3 +80,14 @@ def test_an_edited_template_file_is_made_anew(session, settings, two_digests):  
         assert renders == 2
     finally:
         os.utime(template, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def test_a_file_that_vanishes_while_the_folder_is_read_is_left_out(tmp_path, monkeypatch):
+    """An editor's swap file deleted between listing and stat must not fail a batch."""
+    (tmp_path / "digest.html").write_text("<p>{{ name }}</p>")
+    swap = tmp_path / ".digest.html.swp"
+    swap.write_text("")
+    listed = list(tmp_path.rglob("*"))
+    swap.unlink()
+    monkeypatch.setattr(type(tmp_path), "rglob", lambda self, pattern: iter(listed))
+    assert [name for name, _, _ in templates_version(tmp_path)] == ["digest.html"]
