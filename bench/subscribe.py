@@ -7,7 +7,7 @@ confirmation email reached the sink.
 
 Each run uses a PostgreSQL database of its own (newsletter_bench_subscribe,
 re-created) and a Redis db number of its own (9, flushed), the Procfile's `web`
-line (gunicorn, WEB_CONCURRENCY=2 workers x WEB_THREADS=4 threads unless set)
+line (gunicorn, WEB_CONCURRENCY=3 workers x WEB_THREADS=2 threads unless set)
 and `worker` line (celery, --concurrency=2), and an SMTP sink (Postfix's
 smtp-sink, else bench/sink.py, which cannot list recipients). The posts come
 from `wrk` (Debian package wrk) with bench/subscribe.lua, else from a Python
