@@ -58,21 +58,32 @@ class LoadResult:
         return {**asdict(self), "server_errors": self.server_errors, "not_ok": self.not_ok}
 
 
+_CONNECTION_NOTE = {False: ", kept alive", True: ", a new one per post"}
+
+
 def wrk_binary() -> str | None:
     return shutil.which("wrk")
 
 
 def generate(
-    kind: str, url: str, total: int, prefix: str, topic: str, connections: int, threads: int, timeout: float
+    kind: str, url: str, total: int, prefix: str, topic: str, connections: int, threads: int, timeout: float,
+    *, new_connections: bool = False,
 ) -> LoadResult:
-    """Send ``total`` posts with ``kind`` ('wrk' or 'python') and wait for every answer."""
+    """Send ``total`` posts with ``kind`` ('wrk' or 'python') and wait for every answer.
+
+    With ``new_connections`` each post asks for its connection to be closed (``Connection:
+    close``) and the next one connects anew, as posts from many readers' browsers arrive.
+    Otherwise each of the ``connections`` is kept alive for all its posts, and gunicorn's
+    processes serve the connections they happened to accept (possibly all on one).
+    """
     if kind == "wrk":
-        return run_wrk(url, total, prefix, topic, connections, threads, timeout)
-    return asyncio.run(run_python(url, total, prefix, topic, connections, timeout))
+        return run_wrk(url, total, prefix, topic, connections, threads, timeout, new_connections)
+    return asyncio.run(run_python(url, total, prefix, topic, connections, timeout, new_connections))
 
 
 def run_wrk(
-    url: str, total: int, prefix: str, topic: str, connections: int, threads: int, timeout: float
+    url: str, total: int, prefix: str, topic: str, connections: int, threads: int, timeout: float,
+    new_connections: bool = False,
 ) -> LoadResult:
     binary = wrk_binary()
     if binary is None:
@@ -96,6 +107,7 @@ def run_wrk(
         prefix,
         topic,
         str(threads),
+        *(["close"] if new_connections else []),
     ]
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
@@ -137,7 +149,7 @@ def run_wrk(
         children_after.ru_stime - children_before.ru_stime
     )
     return LoadResult(
-        generator=f"wrk ({threads} thread(s), {connections} connections)",
+        generator=f"wrk ({threads} thread(s), {connections} connections{_CONNECTION_NOTE[new_connections]})",
         requests=sum(report["statuses"].values()),
         seconds=seconds,
         requests_per_second=total / seconds,
@@ -172,7 +184,8 @@ def ceiling(url: str, connections: int, threads: int, seconds: int) -> dict[str,
 
 
 async def run_python(
-    url: str, total: int, prefix: str, topic: str, connections: int, timeout: float
+    url: str, total: int, prefix: str, topic: str, connections: int, timeout: float,
+    new_connections: bool = False,
 ) -> LoadResult:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
@@ -183,7 +196,7 @@ async def run_python(
     started = time.perf_counter()
     cpu_started = time.process_time()
     clients = [
-        _client(host, port, numbers, prefix, topic, latencies, statuses, errors)
+        _client(host, port, numbers, prefix, topic, latencies, statuses, errors, new_connections)
         for _ in range(min(connections, total))
     ]
     try:
@@ -195,7 +208,7 @@ async def run_python(
         raise LoadError(f"no answer at all: {dict(errors)}")
     cuts = statistics.quantiles(latencies, n=100, method="inclusive")
     return LoadResult(
-        generator=f"python asyncio ({connections} connections)",
+        generator=f"python asyncio ({connections} connections{_CONNECTION_NOTE[new_connections]})",
         requests=len(latencies),
         seconds=seconds,
         requests_per_second=total / seconds,
@@ -218,13 +231,15 @@ async def _client(
     latencies: list[float],
     statuses: Counter[str],
     errors: Counter[str],
+    new_connections: bool = False,
 ) -> None:
     reader = writer = None
+    close = "Connection: close\r\n" if new_connections else ""
     for n in numbers:
         body = f"email={prefix}-0-{n}%40example.com&topics={topic}".encode()
         request = (
             f"POST /subscribe HTTP/1.1\r\nHost: {host}:{port}\r\n"
-            f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body)}\r\n\r\n"
+            f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body)}\r\n{close}\r\n"
         ).encode() + body
         try:
             if writer is None:

@@ -1,7 +1,11 @@
 -- wrk script for bench/subscribe.py: POST /subscribe, a distinct address per request,
 -- exactly `total` requests over all threads, then each thread stops.
 --
---   wrk -t T -c C -d 1h -s bench/subscribe.lua URL -- TOTAL PREFIX TOPIC
+--   wrk -t T -c C -d 1h -s bench/subscribe.lua URL -- TOTAL PREFIX TOPIC THREADS [close]
+--
+-- With "close" every post asks for its connection to be closed after the answer, and wrk
+-- connects anew: one connection per post, as readers' browsers (or a proxy that does not
+-- keep upstream connections) make them.
 --
 -- Every thread announces "thread-done" on stdout once its share is answered; the
 -- harness then interrupts wrk (SIGINT), whose done() prints one JSON line of results.
@@ -16,7 +20,7 @@ function setup(thread)
   table.insert(threads, thread)
 end
 
-local quota, prefix, topic
+local quota, prefix, topic, headers
 local reserved, sequence, answered = 0, 0, 0
 statuses = {}
 
@@ -24,6 +28,10 @@ function init(args)
   local total = tonumber(args[1])
   local count = tonumber(args[4])
   prefix, topic = args[2], args[3]
+  headers = {["Content-Type"] = "application/x-www-form-urlencoded"}
+  if args[5] == "close" then
+    headers["Connection"] = "close"
+  end
   quota = math.floor(total / count)
   if thread_index < total % count then
     quota = quota + 1
@@ -46,7 +54,7 @@ end
 function request()
   sequence = sequence + 1
   local body = string.format("email=%s-%d-%d%%40example.com&topics=%s", prefix, thread_index, sequence, topic)
-  return wrk.format("POST", "/subscribe", {["Content-Type"] = "application/x-www-form-urlencoded"}, body)
+  return wrk.format("POST", "/subscribe", headers, body)
 end
 
 function response(status, headers, body)

@@ -79,7 +79,8 @@ def prepare_database(args: argparse.Namespace, env: Mapping[str, str]) -> None:
 
 def load(args: argparse.Namespace, stack: Stack, total: int, prefix: str) -> LoadResult:
     return generate(
-        args.generator, stack.url, total, prefix, TOPIC, args.connections, args.threads, timeout=args.timeout
+        args.generator, stack.url, total, prefix, TOPIC, args.connections, args.threads, timeout=args.timeout,
+        new_connections=args.new_connections,
     )
 
 
@@ -272,8 +273,11 @@ def run_profile(args: argparse.Namespace, stack: Stack, number: int) -> dict[str
             "--output",
             str(output),
         ]
-        # Wall clock: every sample, waiting included. CPU: only the thread holding the GIL.
-        command.append("--idle" if kind == "wall" else "--gil")
+        # Wall clock: every sample, waiting included. CPU: py-spy's default, which leaves out
+        # threads the kernel reports as waiting. Not --gil: that counted the waits in psycopg,
+        # which releases the GIL, as the GIL holder's.
+        if kind == "wall":
+            command.append("--idle")
         log = (stack.logs / f"py-spy-{kind}.log").open("ab")
         recorders.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
     time.sleep(1)
@@ -286,7 +290,7 @@ def run_profile(args: argparse.Namespace, stack: Stack, number: int) -> dict[str
     progress(f"  under the profiler: {result.requests_per_second:.0f} requests/s, p99 {result.p99_ms:.1f} ms")
     titles = {
         "wall": "of one web worker, wall clock (--idle: waits on PostgreSQL and Redis included)",
-        "cpu": "of the other web worker, CPU (--gil: only the thread holding the GIL)",
+        "cpu": "of the other web worker, CPU (threads waiting in the kernel left out)",
     }
     summaries = {
         kind: summarise_profile(path, f"{titles[kind]}, {args.requests:,} posts")
@@ -351,7 +355,10 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=20_000, help="posts per phase (distinct addresses)")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--connections", type=int, default=16, help="concurrent keep-alive connections")
+    parser.add_argument("--connections", type=int, default=16, help="concurrent connections")
+    parser.add_argument("--new-connections", action="store_true",
+                        help="a new connection per post (Connection: close), as from many readers' browsers; "
+                             "by default each connection is kept alive for all its posts")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--warmup", type=int, default=200, help="posts before measuring (0: none)")
     parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto")
@@ -396,7 +403,8 @@ def main() -> None:
         "generator": runs[0]["whole_stack"]["generator"],
         "web": " ".join(procfile_command("web", {**os.environ, "PORT": "<port>"})[1:]),
         "worker": " ".join(procfile_command("worker", os.environ)[1:]),
-        "settings": {k: getattr(args, k) for k in ("requests", "runs", "connections", "threads", "warmup")},
+        "settings": {k: getattr(args, k)
+                     for k in ("requests", "runs", "connections", "new_connections", "threads", "warmup")},
         "summary": summary(runs),
         "all_checks_ok": all(c["ok"] for r in runs for c in r["checks"].values()),
         "server_errors": sum(r[p]["server_errors"] for r in runs for p in ("web_alone", "whole_stack")),
@@ -443,7 +451,9 @@ def summary(runs: list[dict]) -> dict[str, dict[str, float]]:
 
 def write(result: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"subscribe-{result['settings']['requests']}"
+    # Its own files, so a run of the other connection pattern does not replace these.
+    pattern = "-new-connections" if result["settings"].get("new_connections") else ""
+    stem = RESULTS / f"subscribe-{result['settings']['requests']}{pattern}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     s, settings, host, code = result["summary"], result["settings"], result["machine"], result["code"]
 
