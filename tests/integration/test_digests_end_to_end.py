@@ -122,3 +122,25 @@ def test_the_schedule_sends_due_digests_and_nothing_when_nothing_is_new(stack, a
         [digest] = smtp.wait_for("peggy@example.com", count=2)[1:]
         assert _sections(digest.text) == {"Marvel News": ["Story: Fresh"]}
         assert plan_due_digests.run() == 0  # a duplicate beat firing plans nothing more
+
+
+def test_lines_of_dots_arrive_whole_though_nothing_is_dot_stuffed(api, client, smtp, worker):
+    """The ledger sends without dot-stuffing, which is safe only because no line of a message
+    starts with a dot (quoted-printable writes such a dot as =2E). A reader's name and an
+    article's title made of dots put dots at the start of many encoded lines; the SMTP server
+    (aiosmtpd, which removes a line's leading dot as RFC 5321 says) must receive them whole."""
+    name = "." * 90
+    title = "Story: " + "." * 240
+    client.post("/subscribe", data={"email": "dots@example.com", "topics": "marvel-news",
+                                    "frequency": "daily", "name": name})
+    [confirmation] = smtp.wait_for("dots@example.com")
+    assert f"Hi {name}," in confirmation.text
+    assert submit(client, _path(confirmation.link("confirm"))).status_code == 200
+    _ingest(api, (title, ["Hayley Atwell"]))
+
+    assert api.post("/api/v1/digests/send", headers=AUTH).status_code == 202
+    [digest] = smtp.wait_for("dots@example.com", count=2)[1:]
+    for received in (confirmation, digest):
+        assert re.search(rb"(^|\n)\.", received.raw) is None  # nothing for a server to unstuff
+    assert f"digest for {name}." in digest.text
+    assert title in digest.text and title in digest.html
