@@ -246,7 +246,12 @@ def _reporter(expected: int, batch: int):  # type: ignore[no-untyped-def]
 
 
 def run_profile(args: argparse.Namespace, stack: Stack, number: int) -> dict[str, object]:
-    """py-spy on both web workers during a web-alone load: wall clock (with idle) on one, CPU on the other."""
+    """py-spy on every web worker during a web-alone load, wall clock (with idle) and CPU.
+
+    Every worker, because a kept-alive connection stays with the worker that accepted it and
+    one of them may serve none (docs/benchmarks.md, "Session 8"); each kind's samples are
+    merged over the workers.
+    """
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
         raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy (or '.[bench]')")
@@ -258,39 +263,35 @@ def run_profile(args: argparse.Namespace, stack: Stack, number: int) -> dict[str
         "wall": RESULTS / f"subscribe-profile-wall-{args.requests}.raw.tmp",
         "cpu": RESULTS / f"subscribe-profile-cpu-{args.requests}.raw.tmp",
     }
-    recorders = []
-    for (kind, output), worker in zip(outputs.items(), workers, strict=False):
-        command = [
-            py_spy,
-            "record",
-            "--pid",
-            str(worker.pid),
-            "--rate",
-            "250",
-            "--nonblocking",
-            "--format",
-            "raw",
-            "--output",
-            str(output),
-        ]
-        # Wall clock: every sample, waiting included. CPU: py-spy's default, which leaves out
-        # threads the kernel reports as waiting. Not --gil: that counted the waits in psycopg,
-        # which releases the GIL, as the GIL holder's.
-        if kind == "wall":
-            command.append("--idle")
-        log = (stack.logs / f"py-spy-{kind}.log").open("ab")
-        recorders.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
+    recorders: list[tuple[str, Path, subprocess.Popen[bytes]]] = []
+    for kind, output in outputs.items():
+        for worker in workers:
+            part = output.with_name(f"{output.name}.{worker.pid}")
+            command = [py_spy, "record", "--pid", str(worker.pid), "--rate", "100", "--nonblocking",
+                       "--format", "raw", "--output", str(part)]
+            # Wall clock: every sample, waiting included. CPU: py-spy's default, which leaves out
+            # threads the kernel reports as waiting. Not --gil: that counted the waits in psycopg,
+            # which releases the GIL, as the GIL holder's.
+            if kind == "wall":
+                command.append("--idle")
+            log = (stack.logs / f"py-spy-{kind}.log").open("ab")
+            recorders.append((kind, part, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)))
     time.sleep(1)
-    progress(f"  profiling {len(recorders)} web worker(s) under {args.requests:,} more posts, worker stopped")
+    progress(f"  profiling {len(workers)} web worker(s) under {args.requests:,} more posts, worker stopped")
     result = load(args, stack, args.requests, f"p{number}")
-    for recorder in recorders:
+    for _, _, recorder in recorders:
         recorder.send_signal(signal.SIGINT)
-    for recorder in recorders:
+    for _, _, recorder in recorders:
         recorder.wait(timeout=60)
+    for kind, output in outputs.items():
+        parts = [part for part_kind, part, _ in recorders if part_kind == kind and part.exists()]
+        output.write_text("".join(part.read_text() for part in parts))
+        for part in parts:
+            part.unlink()
     progress(f"  under the profiler: {result.requests_per_second:.0f} requests/s, p99 {result.p99_ms:.1f} ms")
     titles = {
-        "wall": "of one web worker, wall clock (--idle: waits on PostgreSQL and Redis included)",
-        "cpu": "of the other web worker, CPU (threads waiting in the kernel left out)",
+        "wall": "of every web worker, wall clock (--idle: waits on PostgreSQL and Redis included)",
+        "cpu": "of every web worker, CPU (threads waiting in the kernel left out)",
     }
     summaries = {
         kind: summarise_profile(path, f"{titles[kind]}, {args.requests:,} posts")
