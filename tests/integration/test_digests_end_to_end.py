@@ -141,6 +141,10 @@ def test_lines_of_dots_arrive_whole_though_nothing_is_dot_stuffed(api, client, s
     assert api.post("/api/v1/digests/send", headers=AUTH).status_code == 202
     [digest] = smtp.wait_for("dots@example.com", count=2)[1:]
     for received in (confirmation, digest):
-        assert re.search(rb"(^|\n)\.", received.raw) is None  # nothing for a server to unstuff
+        # What arrived has no line starting with a dot: a stuffed one would show as one dot
+        # after unstuffing, an unstuffed one would have lost its dot (the checks below).
+        assert re.search(rb"(^|\n)\.", received.raw) is None
     assert f"digest for {name}." in digest.text
-    assert title in digest.text and title in digest.html
+    # The title's own line and link text (the summary repeats the title, so not just "in").
+    assert _sections(digest.text) == {"Marvel News": [title]}
+    assert f">{title}</a>" in digest.html
