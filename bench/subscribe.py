@@ -26,7 +26,8 @@ Then the database must hold every address with one pending subscription and one
 sent confirmation, the sink must have got exactly one message per address, and
 no answer may be a 5xx. The form's defences stay on; only the rate limits are
 raised through the environment (see `environment`). Results go to
-bench/results/subscribe-<N>.{json,md}.
+bench/results/subscribe-<N>.{json,md}, or subscribe-<N>-new-connections.{json,md}
+with --new-connections (a connection per post instead of kept-alive ones).
 """
 
 from __future__ import annotations
@@ -258,15 +259,16 @@ def run_profile(args: argparse.Namespace, stack: Stack, number: int) -> dict[str
     stack.stop_worker()
     workers = stack.web_workers()
     RESULTS.mkdir(parents=True, exist_ok=True)
+    pattern = "-new-connections" if args.new_connections else ""
     outputs = {
         # The raw stacks are large; *.tmp keeps them out of git (see .gitignore).
-        "wall": RESULTS / f"subscribe-profile-wall-{args.requests}.raw.tmp",
-        "cpu": RESULTS / f"subscribe-profile-cpu-{args.requests}.raw.tmp",
+        kind: RESULTS / f"subscribe-profile-{kind}-{args.requests}{pattern}.raw.tmp"
+        for kind in ("wall", "cpu")
     }
     recorders: list[tuple[str, Path, subprocess.Popen[bytes]]] = []
     for kind, output in outputs.items():
         for worker in workers:
-            part = output.with_name(f"{output.name}.{worker.pid}")
+            part = output.with_name(output.name.replace(".raw.tmp", f".{worker.pid}.raw.tmp"))
             command = [py_spy, "record", "--pid", str(worker.pid), "--rate", "100", "--nonblocking",
                        "--format", "raw", "--output", str(part)]
             # Wall clock: every sample, waiting included. CPU: py-spy's default, which leaves out
@@ -276,22 +278,29 @@ def run_profile(args: argparse.Namespace, stack: Stack, number: int) -> dict[str
                 command.append("--idle")
             log = (stack.logs / f"py-spy-{kind}.log").open("ab")
             recorders.append((kind, part, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)))
-    time.sleep(1)
-    progress(f"  profiling {len(workers)} web worker(s) under {args.requests:,} more posts, worker stopped")
-    result = load(args, stack, args.requests, f"p{number}")
-    for _, _, recorder in recorders:
-        recorder.send_signal(signal.SIGINT)
-    for _, _, recorder in recorders:
-        recorder.wait(timeout=60)
-    for kind, output in outputs.items():
-        parts = [part for part_kind, part, _ in recorders if part_kind == kind and part.exists()]
-        output.write_text("".join(part.read_text() for part in parts))
-        for part in parts:
-            part.unlink()
+    try:
+        time.sleep(1)
+        progress(f"  profiling {len(workers)} web worker(s) under {args.requests:,} more posts, "
+                 "worker stopped")
+        result = load(args, stack, args.requests, f"p{number}")
+    finally:
+        for _, _, recorder in recorders:
+            recorder.send_signal(signal.SIGINT)
+        for _, _, recorder in recorders:
+            try:
+                recorder.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                recorder.kill()
+                recorder.wait()
+        for kind, output in outputs.items():
+            parts = [part for part_kind, part, _ in recorders if part_kind == kind and part.exists()]
+            output.write_text("".join(part.read_text() for part in parts))
+            for part in parts:
+                part.unlink()
     progress(f"  under the profiler: {result.requests_per_second:.0f} requests/s, p99 {result.p99_ms:.1f} ms")
     titles = {
         "wall": "of every web worker, wall clock (--idle: waits on PostgreSQL and Redis included)",
-        "cpu": "of every web worker, CPU (threads waiting in the kernel left out)",
+        "cpu": "of every web worker, CPU (py-spy's default: threads it sees as waiting left out)",
     }
     summaries = {
         kind: summarise_profile(path, f"{titles[kind]}, {args.requests:,} posts")
@@ -299,7 +308,7 @@ def run_profile(args: argparse.Namespace, stack: Stack, number: int) -> dict[str
         if path.exists()
     }
     for kind, summary in summaries.items():
-        (RESULTS / f"subscribe-profile-{kind}-{args.requests}.md").write_text(summary["markdown"])
+        (RESULTS / f"subscribe-profile-{kind}-{args.requests}{pattern}.md").write_text(summary["markdown"])
         print(f"\n{summary['markdown']}")
     return {"load": result.as_dict(), **{kind: s["categories"] for kind, s in summaries.items()}}
 
