@@ -182,7 +182,8 @@ def run_once(args: argparse.Namespace, number: int) -> dict[str, object]:
         alone, alone_cpu = measured_load(args, stack, n, f"a{number}")
         progress(
             f"  {_describe(alone)}; CPU ms per post {alone_cpu['cpu_ms_per_request']}, "
-            f"machine busy {alone_cpu['machine_busy']:.0%}; starting the worker to drain"
+            f"machine busy {alone_cpu['machine_busy']:.0%}, web processes' shares of the web CPU "
+            f"{alone_cpu['web_process_cpu_percent']} %; starting the worker to drain"
         )
         web_peak = peak_rss_mb(stack.web_workers())
         stack.start_worker()
@@ -230,9 +231,21 @@ def measured_load(
 ) -> tuple[LoadResult, dict[str, object]]:
     """``load``, and the CPU each process group used meanwhile, per post."""
     classify = stack.classifier()
+    web_pids = [process.pid for process in stack.web_workers()]
     before = cpu_share.snapshot(classify)
     result = load(args, stack, total, prefix)
-    return result, cpu_share.difference(before, cpu_share.snapshot(classify), result.seconds, total)
+    after = cpu_share.snapshot(classify)
+    return result, {**cpu_share.difference(before, after, result.seconds, total),
+                    "web_process_cpu_percent": _split_over(web_pids, before, after)}
+
+
+def _split_over(pids: list[int], before: tuple[float, dict], after: tuple[float, dict]) -> list[float]:
+    """Each web process's share of the web tier's CPU in a phase, busiest first: about equal
+    when the connections are spread over the processes, near 100 for one when they all sit on
+    one (a kept-alive connection stays with the process that accepted it)."""
+    used = [max(0.0, after[1][pid][1] - before[1].get(pid, ("", 0.0))[1]) for pid in pids if pid in after[1]]
+    total = sum(used)
+    return sorted((round(100 * cpu / total, 1) for cpu in used), reverse=True) if total else []
 
 
 def _describe(result: LoadResult) -> str:
@@ -449,6 +462,8 @@ def summary(runs: list[dict]) -> dict[str, dict[str, float]]:
             for group in ("other processes", "postgresql (server processes, other databases)")
         ),
         "web_alone_machine_busy_percent": lambda r: 100 * (r["web_alone"]["machine_busy"] or 0.0),
+        "web_alone_busiest_web_process_percent": lambda r: (r["web_alone"].get("web_process_cpu_percent")
+                                                            or [None])[0],
         "web_alone_cpu_ms_generator": lambda r: r["web_alone"]["generator_cpu_ms_per_request"],
         "healthz_requests_per_second": lambda r: (r["healthz_ceiling"] or {}).get("requests_per_second"),
         "healthz_p99_ms": lambda r: (r["healthz_ceiling"] or {}).get("p99_ms"),
@@ -515,6 +530,8 @@ def write(result: dict) -> None:
             ),
             row("web tier alone: CPU ms per post in the load generator", "web_alone_cpu_ms_generator", ".2f"),
             row("web tier alone: machine busy (% of all cores)", "web_alone_machine_busy_percent"),
+            row("web tier alone: the busiest gunicorn process's share of gunicorn's CPU (%; even: 100 / "
+                "processes)", "web_alone_busiest_web_process_percent"),
             row(
                 "for scale: GET /healthz on the same server, requests/s (wrk, 5 s)",
                 "healthz_requests_per_second",
