@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -45,13 +46,16 @@ def templates_version(directory: Path = EMAIL_TEMPLATES_DIR) -> tuple[tuple[str,
     batch's messages.
     """
     files = []
-    for path in directory.rglob("*"):
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            continue
-        if S_ISREG(stat.st_mode):
-            files.append((str(path.relative_to(directory)), stat.st_mtime_ns, stat.st_size))
+    # os.walk, not rglob: it passes over a folder it can no longer read, where rglob raises.
+    for folder, _, names in os.walk(directory):
+        for name in names:
+            path = Path(folder, name)
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            if S_ISREG(stat.st_mode):
+                files.append((str(path.relative_to(directory)), stat.st_mtime_ns, stat.st_size))
     return tuple(sorted(files))
 
 

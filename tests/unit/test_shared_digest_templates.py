@@ -87,7 +87,23 @@ def test_a_file_that_vanishes_while_the_folder_is_read_is_left_out(tmp_path, mon
     (tmp_path / "digest.html").write_text("<p>{{ name }}</p>")
     swap = tmp_path / ".digest.html.swp"
     swap.write_text("")
-    listed = list(tmp_path.rglob("*"))
+    listed = list(os.walk(tmp_path))
     swap.unlink()
-    monkeypatch.setattr(type(tmp_path), "rglob", lambda self, pattern: iter(listed))
+    monkeypatch.setattr(os, "walk", lambda top: iter(listed))
+    assert [name for name, _, _ in templates_version(tmp_path)] == ["digest.html"]
+
+
+def test_a_folder_that_vanishes_while_the_folder_is_read_is_left_out(tmp_path, monkeypatch):
+    """A deploy replacing topics/ while a batch reads the versions must not fail the batch."""
+    (tmp_path / "digest.html").write_text("<p>{{ name }}</p>")
+    (tmp_path / "topics").mkdir()
+    (tmp_path / "topics" / "marvel-news.html").write_text("<h2>Marvel</h2>")
+    real_scandir = os.scandir
+
+    def scandir(path):  # type: ignore[no-untyped-def]
+        if os.fspath(path).endswith("topics"):
+            raise FileNotFoundError(path)  # listed a moment ago, gone now
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
     assert [name for name, _, _ in templates_version(tmp_path)] == ["digest.html"]
