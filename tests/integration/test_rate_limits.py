@@ -1,6 +1,7 @@
 """The form's rate limits on Redis (one Lua call per post) and on the in-process store."""
 
 import logging
+import threading
 
 import pytest
 import redis
@@ -90,4 +91,36 @@ def test_a_count_left_without_an_expiry_gets_its_window_back():
     refusal = limits.hit(_post("stuck@example.com", ip="203.0.113.5"))
     assert refusal.scope == "address" and 3590 <= refusal.retry_after <= 3600
     assert 3590 <= client.ttl(key) <= 3600
+    limits.reset()
+
+
+def test_a_threads_connection_that_redis_dropped_is_replaced_and_counting_goes_on():
+    limits = SubscribeLimits(TEST_REDIS_URL, RATES)
+    limits.reset()
+    assert limits.hit(_post("dropped@example.com")) is None
+    host, port = limits._thread_client().connection._sock.getsockname()[:2]
+    assert redis.Redis.from_url(TEST_REDIS_URL).client_kill(f"{host}:{port}")
+    assert limits.hit(_post("dropped@example.com")) is None  # counted on a new connection
+    refusal = limits.hit(_post("dropped@example.com"))
+    assert refusal is not None and refusal.scope == "address"  # both earlier posts were counted
+    limits.reset()
+
+
+def test_each_thread_counts_on_a_connection_of_its_own():
+    limits = SubscribeLimits(TEST_REDIS_URL, RATES)
+    limits.reset()
+    sockets: list[tuple[str, int]] = []
+
+    def post(n: int) -> None:
+        limits.hit(_post(f"thread{n}@example.{n}", ip=f"198.51.100.{n}"))
+        sockets.append(limits._thread_client().connection._sock.getsockname()[:2])
+
+    threads = [threading.Thread(target=post, args=(n,)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(set(sockets)) == 3
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    assert sum(int(client.get(key)) for key in client.scan_iter(f"{KEY_PREFIX}:*domain*")) == 3
     limits.reset()
