@@ -12,11 +12,14 @@ and runs the SQL on its driver cursor in autocommit mode.
 
 What SQLAlchemy would do with a driver error is kept: it is raised as
 SQLAlchemy's exception of the same kind (``OperationalError``, ``IntegrityError``
-…), and a connection the error shows to be gone is invalidated, so the pool
-replaces it and the web tier answers 503 as for any lost connection.
+…), whether connecting or executing failed; after a lost connection the pool
+replaces it and every connection opened before it, and the web tier answers
+503 as for any lost connection. Whatever fails, the connection goes back to the
+pool out of autocommit mode, or is discarded.
 
 Only for statements without result types to apply: rows come back as the
-driver's tuples. Engine events (``before_cursor_execute``) do not see them.
+driver's tuples. Engine events (``before_cursor_execute``, ``handle_error``) do
+not see them.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Executable
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, scoped_session
+from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.compiler import SQLCompiler
 
 
@@ -99,26 +103,48 @@ def execute_fixed_alone(session: Session | scoped_session[Session], fixed: Fixed
     dialect = engine.dialect
     compiled = fixed.compiled_for(dialect)
     values = compiled.values(parameters)
-    pooled = engine.raw_connection()  # a failure to connect comes wrapped already
+    pooled = _checkout(engine)
+    driver = pooled.driver_connection
+    cursor = None
     try:
-        driver = pooled.driver_connection
-        cursor = None
-        try:
-            driver.autocommit = True
-            cursor = pooled.cursor()
-            cursor.execute(compiled.sql, values)
-            rows = cursor.fetchall()
-            driver.autocommit = False  # as the pool's other users expect it
-            return rows
-        except dialect.loaded_dbapi.Error as error:
-            lost = dialect.is_disconnect(error, driver, cursor)
-            if lost or not _leave_autocommit(driver, dialect):
-                pooled.invalidate(error)  # the pool replaces it
-            raise DBAPIError.instance(compiled.sql, values, error, dialect.loaded_dbapi.Error,
-                                      hide_parameters=engine.hide_parameters,
-                                      connection_invalidated=lost, dialect=dialect) from error
+        driver.autocommit = True
+        cursor = pooled.cursor()
+        cursor.execute(compiled.sql, values)
+        rows = cursor.fetchall()
+        driver.autocommit = False  # as the pool's other users expect it
+        return rows
+    except dialect.loaded_dbapi.Error as error:
+        lost = dialect.is_disconnect(error, driver, cursor)
+        if lost:
+            # As SQLAlchemy does on a disconnect: the server is likely gone for every connection
+            # opened before this one, so each is replaced at its next checkout (Pool._invalidate).
+            engine.pool._invalidate(pooled, error)
+        elif not _leave_autocommit(driver, dialect):
+            pooled.invalidate(error)
+        raise DBAPIError.instance(compiled.sql, values, error, dialect.loaded_dbapi.Error,
+                                  hide_parameters=engine.hide_parameters,
+                                  connection_invalidated=lost, dialect=dialect) from error
+    except Exception as error:  # not the driver's (a value it cannot encode): the connection is fine
+        if not _leave_autocommit(driver, dialect):
+            pooled.invalidate(error)
+        raise
+    except BaseException as error:  # an interrupt, mid-statement: its state is unknown
+        pooled.invalidate(error)
+        raise
     finally:
-        pooled.close()
+        pooled.close()  # back to the pool, or discarded if invalidated
+
+
+def _checkout(engine: Engine) -> PoolProxiedConnection:
+    """A pooled connection; failing to connect raises SQLAlchemy's error, as Connection does."""
+    dialect = engine.dialect
+    try:
+        return engine.raw_connection()
+    except dialect.loaded_dbapi.Error as error:
+        raise DBAPIError.instance(None, None, error, dialect.loaded_dbapi.Error,
+                                  hide_parameters=engine.hide_parameters,
+                                  connection_invalidated=dialect.is_disconnect(error, None, None),
+                                  dialect=dialect) from error
 
 
 def _leave_autocommit(driver: Any, dialect: Dialect) -> bool:

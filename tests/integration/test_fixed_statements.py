@@ -14,16 +14,33 @@ from sqlalchemy.orm import Session
 from service import database_pool
 from service.fixed_statements import FixedStatement, execute_fixed_alone
 from service.models import DeliveryState, UTCDateTime
+from service.web.errors import _connection_lost
 from tests.conftest import POSTGRES_ADMIN_URL
+
+
+def _session(url: str = POSTGRES_ADMIN_URL, pool_size: int = 1) -> Session:
+    engine = sa.create_engine(url, pool_size=pool_size, max_overflow=0)
+    database_pool.ping_idle_connections(engine, alive_window=60)  # as the app's: the dead one is trusted
+    return Session(engine)
 
 
 @pytest.fixture
 def session() -> Iterator[Session]:
-    engine = sa.create_engine(POSTGRES_ADMIN_URL, pool_size=1, max_overflow=0)
-    database_pool.ping_idle_connections(engine, alive_window=60)  # as the app's: the dead one is trusted
-    with Session(engine) as session:
+    with _session() as session:
         yield session
-    engine.dispose()
+    session.get_bind().dispose()
+
+
+def _terminate(*pids: int) -> None:
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    with admin.connect() as connection:
+        for pid in pids:
+            assert connection.scalar(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    admin.dispose()
+
+
+def _backend_pid() -> sa.Select:
+    return sa.select(sa.func.pg_backend_pid() + sa.bindparam("zero", type_=sa.Integer))
 
 
 def _typed() -> sa.Select:
@@ -67,18 +84,46 @@ def test_a_failed_statement_raises_sqlalchemys_error_and_leaves_the_connection_u
 
 
 def test_a_lost_connection_is_sqlalchemys_and_the_pool_replaces_it(session):
-    fixed = FixedStatement(lambda: sa.select(
-        sa.func.pg_backend_pid() + sa.bindparam("zero", type_=sa.Integer)))
+    fixed = FixedStatement(_backend_pid)
     [(first,)] = execute_fixed_alone(session, fixed, {"zero": 0})
-    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-    with admin.connect() as connection:
-        assert connection.scalar(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
-    admin.dispose()
+    _terminate(first)
     with pytest.raises(OperationalError) as caught:  # what the web tier answers with a 503
         execute_fixed_alone(session, fixed, {"zero": 0})
-    assert caught.value.connection_invalidated
+    assert caught.value.connection_invalidated and _connection_lost(caught.value)
     [(second,)] = execute_fixed_alone(session, fixed, {"zero": 0})
     assert second != first
+
+
+def test_after_a_lost_connection_its_older_pool_mates_are_replaced_too():
+    """As SQLAlchemy does on a disconnect: the server restarted, so every connection opened
+    before the lost one is replaced at its next checkout, not found dead by its next statement."""
+    session = _session(pool_size=2)
+    engine = session.get_bind()
+    fixed = FixedStatement(_backend_pid)
+    with engine.connect() as one, engine.connect() as other:  # two connections in the pool
+        pids = {connection.scalar(sa.text("SELECT pg_backend_pid()")) for connection in (one, other)}
+    _terminate(*pids)
+    with pytest.raises(OperationalError):
+        execute_fixed_alone(session, fixed, {"zero": 0})
+    [(fresh,)] = execute_fixed_alone(session, fixed, {"zero": 0})  # the other dead one is not used
+    assert fresh not in pids
+    engine.dispose()
+
+
+def test_a_database_that_cannot_be_reached_is_sqlalchemys_error_too():
+    session = _session("postgresql+psycopg://postgres@127.0.0.1:1/postgres")
+    with pytest.raises(OperationalError) as caught:
+        execute_fixed_alone(session, FixedStatement(_backend_pid), {"zero": 0})
+    assert _connection_lost(caught.value)  # a 503, not a 500
+    session.get_bind().dispose()
+
+
+def test_a_value_the_driver_cannot_send_leaves_the_connection_out_of_autocommit(session):
+    fixed = FixedStatement(lambda: sa.select(sa.bindparam("text", type_=sa.String)))
+    with pytest.raises(UnicodeEncodeError):  # a lone surrogate: not the driver's error class
+        execute_fixed_alone(session, fixed, {"text": "\ud800"})
+    with session.get_bind().connect() as connection:  # the pool's only connection
+        assert connection.connection.dbapi_connection.autocommit is False
 
 
 def test_a_statement_rendered_at_execution_is_refused(session):
