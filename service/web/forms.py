@@ -13,6 +13,8 @@ from typing import Any
 from flask import request
 from werkzeug.exceptions import UnsupportedMediaType
 
+from service.web.input_guard import cannot_store
+
 MAX_FIELD_LENGTH = 2048
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
@@ -51,8 +53,8 @@ def read_form(scalar_fields: Iterable[str], list_fields: Iterable[str]) -> Submi
         if any(len(v) > MAX_FIELD_LENGTH for v in values):
             errors[name] = "This value is too long."
             continue
-        if any("\x00" in v for v in values):
-            # PostgreSQL text cannot hold NUL, and no person types one.
+        if any(cannot_store(v) for v in values):
+            # NUL (PostgreSQL text cannot hold it) or, from JSON, a lone surrogate; no person types either.
             errors[name] = "This value contains characters we cannot accept."
             continue
         if name in lists:

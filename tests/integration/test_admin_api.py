@@ -320,7 +320,8 @@ def test_every_admin_route_refuses_requests_without_a_token(api):
                 assert set(response.json) == {"error"}
 
 
-def test_nul_characters_in_json_are_refused_not_a_500(api):
-    response = api.post("/api/v1/articles", json={**ARTICLE, "title": "Atwell\x00"}, headers=AUTH)
+@pytest.mark.parametrize("title", ["Atwell\x00", "Atwell \ud83e"], ids=["nul", "lone-surrogate"])
+def test_characters_no_text_column_takes_are_refused_not_a_500(api, title):
+    response = api.post("/api/v1/articles", json={**ARTICLE, "title": title}, headers=AUTH)
     assert response.status_code == 422
     assert "body" in response.json["errors"]

@@ -192,9 +192,12 @@ def test_a_field_error_in_json_names_the_field(client):
         ({"json": {"email": {"x": 1}, "topics": "marvel-news"}}, 422, "email"),
         ({"data": "email=a@example.com", "content_type": "text/plain"}, 415, None),
         ({"data": "{not json", "content_type": "application/json"}, 422, "body"),
+        # JSON's \\ud800 escape: a lone surrogate, which no text column can store.
+        ({"json": {**FORM, "name": "Peggy \ud800"}}, 422, "name"),
+        ({"json": {**FORM, "topics": ["marvel-news", "\udfff"]}}, 422, "topics"),
     ],
     ids=["unknown-form-field", "unknown-json-field", "json-array", "repeated-scalar", "wrong-type",
-         "wrong-content-type", "broken-json"],
+         "wrong-content-type", "broken-json", "lone-surrogate-name", "lone-surrogate-topic"],
 )
 def test_malformed_bodies_get_a_clear_4xx(client, kwargs, status, field):
     response = client.post("/subscribe", headers={"Accept": "application/json"}, **kwargs)
