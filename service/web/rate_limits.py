@@ -15,7 +15,9 @@ served uncounted: losing subscriptions would be worse than a pause in the limits
 
 Each thread counts on a Redis connection of its own, held for its lifetime: a
 connection taken from the client's pool and given back for every post cost a
-third of the count's CPU (a readiness poll of the socket, locks, bookkeeping).
+fifth of the count's CPU (a readiness poll of the socket, locks, bookkeeping).
+Gunicorn's threads live as long as their process; a server that starts a
+thread per request (Flask's development server) opens a connection per post.
 """
 
 from __future__ import annotations
@@ -129,6 +131,8 @@ class SubscribeLimits:
                 connection_class=shared.connection_class, **shared.connection_kwargs,
                 retry=Retry(NoBackoff(), retries=1, supported_errors=(redis.ConnectionError,)))
             own.client = redis.Redis(connection_pool=own_pool, single_connection_client=True)
+            # Owned, as Redis.from_pool would: the socket closes when the thread ends.
+            own.client.auto_close_connection_pool = True
             own.pid = os.getpid()
         return own.client
 

@@ -2,6 +2,7 @@
 
 import logging
 import threading
+import time
 
 import pytest
 import redis
@@ -106,21 +107,36 @@ def test_a_threads_connection_that_redis_dropped_is_replaced_and_counting_goes_o
     limits.reset()
 
 
-def test_each_thread_counts_on_a_connection_of_its_own():
+def test_each_thread_counts_on_a_connection_of_its_own_closed_when_the_thread_ends():
     limits = SubscribeLimits(TEST_REDIS_URL, RATES)
     limits.reset()
-    sockets: list[tuple[str, int]] = []
+    sockets: list[str] = []
+    counted, inspected = threading.Barrier(4, timeout=10), threading.Event()
 
     def post(n: int) -> None:
         limits.hit(_post(f"thread{n}@example.{n}", ip=f"198.51.100.{n}"))
-        sockets.append(limits._thread_client().connection._sock.getsockname()[:2])
+        host, port = limits._thread_client().connection._sock.getsockname()[:2]
+        sockets.append(f"{host}:{port}")
+        counted.wait()
+        inspected.wait(10)
 
+    def last_commands() -> dict[str, str]:
+        return {entry["addr"]: entry["cmd"] for entry in client.client_list()}
+
+    client = redis.Redis.from_url(TEST_REDIS_URL)
     threads = [threading.Thread(target=post, args=(n,)) for n in range(3)]
     for thread in threads:
         thread.start()
+    counted.wait()
+    # Three connections, and the ones that counted: the script was the last thing each ran.
+    assert len(set(sockets)) == 3
+    assert [last_commands().get(address) for address in sockets] == ["evalsha"] * 3
+    inspected.set()
     for thread in threads:
         thread.join(10)
-    assert len(set(sockets)) == 3
-    client = redis.Redis.from_url(TEST_REDIS_URL)
+    deadline = time.monotonic() + 10
+    while set(sockets) & last_commands().keys() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not set(sockets) & last_commands().keys()  # each closed with its thread
     assert sum(int(client.get(key)) for key in client.scan_iter(f"{KEY_PREFIX}:*domain*")) == 3
     limits.reset()
