@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from service.autocommit import can_commit_alone, execute_alone
 from service.config import Settings
@@ -39,6 +39,7 @@ from service.models import (
     DeliveryState,
     Subscriber,
     SubscriberStatus,
+    Subscription,
     SubscriptionStatus,
     utcnow,
 )
@@ -137,8 +138,12 @@ def _deliver_group(session: Session, delivery_ids: Sequence[int], transport: Tra
 
 def _send_group(session: Session, claimed: list[ClaimedDelivery], transport: Transport, settings: Settings,
                 digests: DigestComposer, outcomes: _Outcomes) -> None:
-    subscribers = {s.id: s for s in session.scalars(
-        select(Subscriber).where(among(session, Subscriber.id, {d.subscriber_id for d in claimed})))}
+    readers = select(Subscriber).where(among(session, Subscriber.id, {d.subscriber_id for d in claimed}))
+    if any(d.kind == DeliveryKind.CONFIRMATION for d in claimed):
+        # A confirmation checks and lists the reader's pending topics: loaded with the group in
+        # two queries, not lazily in two per reader.
+        readers = readers.options(selectinload(Subscriber.subscriptions).joinedload(Subscription.topic))
+    subscribers = {s.id: s for s in session.scalars(readers)}
     suppressed = suppressed_addresses(session, [s.email for s in subscribers.values()])
     digests.load(d.id for d in claimed if d.kind == DeliveryKind.DIGEST)
     lease = _Lease(session, settings)

@@ -5,7 +5,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from service.config import get_settings
 from service.deliveries import RetryLater, deliver, deliver_many, reschedule_stalled, stalled_delivery_ids
@@ -269,3 +269,32 @@ def test_a_group_slower_than_its_lease_renews_it_so_the_sweep_never_takes_it_bac
     assert [result.state for result in batch.results] == [DeliveryState.SENT] * len(ids)
     assert looked_stalled == set()
     assert all(len(smtp.messages_to(f"slow{n}@example.com")) == 1 for n in range(14))
+
+
+def test_a_group_of_confirmations_loads_its_readers_topics_together_not_reader_by_reader(session, smtp):
+    """Each confirmation checks and lists its reader's pending topics; a group's are loaded with
+    the group, so the statements a group takes do not grow with its size."""
+    settings = get_settings()
+    engine = session.get_bind()
+
+    def statements_to_send(count: int, first: int) -> int:
+        ids = []
+        for n in range(first, first + count):
+            request = SubscriptionRequest(f"reader{n}@example.com", ["marvel-news", "tv-news"])
+            ids += subscribe(session, request, "weekly").delivery_ids
+        session.commit()
+        session.expunge_all()  # as in a worker: nothing of these readers loaded yet
+        statements: list[str] = []
+        record = lambda conn, cursor, statement, *rest: statements.append(statement)  # noqa: E731
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            with SMTPTransport(SMTPSettings(settings.SMTP_HOST, settings.SMTP_PORT)) as transport:
+                batch = deliver_many(session, ids, transport, settings)
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+        assert [result.state for result in batch.results] == [DeliveryState.SENT] * count
+        return len(statements)
+
+    assert statements_to_send(2, first=0) == statements_to_send(8, first=2)
+    received = smtp.wait_for("reader9@example.com")[0].message.get_body(("plain",)).get_content()
+    assert "Marvel News" in received and "TV News" in received
