@@ -16,6 +16,7 @@ from flask import Flask, current_app, jsonify, render_template, request
 from itsdangerous import BadSignature, TimestampSigner
 
 from service.config import Settings, get_settings
+from service.web.input_guard import cannot_store
 from service.web.rate_limits import Refusal, SubscribeLimits
 
 HONEYPOT_FIELD = "website"
@@ -45,7 +46,9 @@ def _form_email() -> str:
         raw = body.get("email") if isinstance(body, dict) else None
     else:
         raw = request.form.get("email")
-    return raw.strip().lower() if isinstance(raw, str) else ""
+    if not isinstance(raw, str) or cannot_store(raw):
+        return ""  # read_form refuses it next; a lone surrogate cannot even be a Redis key
+    return raw.strip().lower()
 
 
 def count_subscription_post() -> Refusal | None:

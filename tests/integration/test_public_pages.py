@@ -195,9 +195,12 @@ def test_a_field_error_in_json_names_the_field(client):
         # JSON's \\ud800 escape: a lone surrogate, which no text column can store.
         ({"json": {**FORM, "name": "Peggy \ud800"}}, 422, "name"),
         ({"json": {**FORM, "topics": ["marvel-news", "\udfff"]}}, 422, "topics"),
+        # Counted against the rate limits (a Redis key) before the fields are read.
+        ({"json": {**FORM, "email": "peggy\ud800@example.com"}}, 422, "email"),
     ],
     ids=["unknown-form-field", "unknown-json-field", "json-array", "repeated-scalar", "wrong-type",
-         "wrong-content-type", "broken-json", "lone-surrogate-name", "lone-surrogate-topic"],
+         "wrong-content-type", "broken-json", "lone-surrogate-name", "lone-surrogate-topic",
+         "lone-surrogate-email"],
 )
 def test_malformed_bodies_get_a_clear_4xx(client, kwargs, status, field):
     response = client.post("/subscribe", headers={"Accept": "application/json"}, **kwargs)
