@@ -258,7 +258,8 @@ def envelope_sender(delivery: Delivery, message: OutgoingMessage, settings: Sett
 
 def _why_not_wanted(delivery: ClaimedDelivery, subscriber: Subscriber | None, suppressed: set[str]
                     ) -> str | None:
-    """Re-check right before sending: the reader may have confirmed, left or bounced meanwhile."""
+    """Re-check before sending, on the readers as the group loaded them: the reader may have
+    confirmed, left or bounced since the delivery was queued."""
     if subscriber is None:
         return "subscriber gone"
     if subscriber.email in suppressed:

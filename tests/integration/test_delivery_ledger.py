@@ -276,6 +276,7 @@ def test_a_group_of_confirmations_loads_its_readers_topics_together_not_reader_b
     the group, so the statements a group takes do not grow with its size."""
     settings = get_settings()
     engine = session.get_bind()
+    last_statements: list[str] = []
 
     def statements_to_send(count: int, first: int) -> int:
         ids = []
@@ -293,8 +294,11 @@ def test_a_group_of_confirmations_loads_its_readers_topics_together_not_reader_b
         finally:
             event.remove(engine, "before_cursor_execute", record)
         assert [result.state for result in batch.results] == [DeliveryState.SENT] * count
+        last_statements[:] = statements
         return len(statements)
 
     assert statements_to_send(2, first=0) == statements_to_send(8, first=2)
+    topics_alone = [s for s in last_statements if "FROM topics" in s and "JOIN" not in s]
+    assert topics_alone == []  # the topics came with the subscriptions, not one by one
     received = smtp.wait_for("reader9@example.com")[0].message.get_body(("plain",)).get_content()
     assert "Marvel News" in received and "TV News" in received
