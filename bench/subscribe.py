@@ -285,8 +285,9 @@ def run_profile(args: argparse.Namespace, stack: Stack, number: int) -> dict[str
             command = [py_spy, "record", "--pid", str(worker.pid), "--rate", "100", "--nonblocking",
                        "--format", "raw", "--output", str(part)]
             # Wall clock: every sample, waiting included. CPU: py-spy's default, which leaves out
-            # threads the kernel reports as waiting. Not --gil: that counted the waits in psycopg,
-            # which releases the GIL, as the GIL holder's.
+            # threads the kernel reports as waiting; not all: in session 9 it still counted the
+            # main thread's epoll wait and the socket calls, so read its leaves with care. Not
+            # --gil: that counted the waits in psycopg, which releases the GIL, as the GIL holder's.
             if kind == "wall":
                 command.append("--idle")
             log = (stack.logs / f"py-spy-{kind}.log").open("ab")
