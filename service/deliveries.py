@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from service.autocommit import can_commit_alone, execute_alone
 from service.config import Settings
-from service.mail.compose import DigestComposer, compose_confirmation
+from service.mail.compose import MessageComposer
 from service.mail.message import OutgoingMessage, build_mime
 from service.mail.transport import Envelope, PermanentSendError, Transport
 from service.models import (
@@ -107,17 +107,17 @@ def deliver(session: Session, delivery_id: int, transport: Transport, settings: 
 def deliver_many(session: Session, delivery_ids: Sequence[int], transport: Transport, settings: Settings
                  ) -> BatchResult:
     """Send several deliveries over one transport (one SMTP connection), group by group."""
-    digests = DigestComposer(session, settings)
+    composer = MessageComposer(session, settings)
     results: list[DeliveryResult] = []
     size = settings.DELIVERY_GROUP_SIZE
     for start in range(0, len(delivery_ids), size):
         group = delivery_ids[start:start + size]
-        results.extend(_deliver_group(session, group, transport, settings, digests))
+        results.extend(_deliver_group(session, group, transport, settings, composer))
     return BatchResult(results)
 
 
 def _deliver_group(session: Session, delivery_ids: Sequence[int], transport: Transport, settings: Settings,
-                   digests: DigestComposer) -> list[DeliveryResult]:
+                   composer: MessageComposer) -> list[DeliveryResult]:
     claimed = _claim(session, delivery_ids, settings)
     outcomes = _Outcomes(claimed)
     try:
@@ -125,7 +125,7 @@ def _deliver_group(session: Session, delivery_ids: Sequence[int], transport: Tra
             for delivery in claimed:
                 outcomes.wait_for_resume(delivery, settings)
         elif claimed:
-            _send_group(session, claimed, transport, settings, digests, outcomes)
+            _send_group(session, claimed, transport, settings, composer, outcomes)
     except BaseException:
         # Record what was sent before the trouble, or it would be sent again.
         session.rollback()
@@ -137,7 +137,7 @@ def _deliver_group(session: Session, delivery_ids: Sequence[int], transport: Tra
 
 
 def _send_group(session: Session, claimed: list[ClaimedDelivery], transport: Transport, settings: Settings,
-                digests: DigestComposer, outcomes: _Outcomes) -> None:
+                composer: MessageComposer, outcomes: _Outcomes) -> None:
     readers = select(Subscriber).where(among(session, Subscriber.id, {d.subscriber_id for d in claimed}))
     if any(d.kind == DeliveryKind.CONFIRMATION for d in claimed):
         # A confirmation checks and lists the reader's pending topics: loaded with the group in
@@ -145,9 +145,9 @@ def _send_group(session: Session, claimed: list[ClaimedDelivery], transport: Tra
         readers = readers.options(selectinload(Subscriber.subscriptions).joinedload(Subscription.topic))
     subscribers = {s.id: s for s in session.scalars(readers)}
     suppressed = suppressed_addresses(session, [s.email for s in subscribers.values()])
-    digests.load(d.id for d in claimed if d.kind == DeliveryKind.DIGEST)
+    composer.load(claimed)
     lease = _Lease(session, settings)
-    sendable = _sendable(claimed, subscribers, suppressed, settings, digests, outcomes, lease)
+    sendable = _sendable(claimed, subscribers, suppressed, settings, composer, outcomes, lease)
     for (delivery, message_id, now), error in transport.send_all(sendable):
         if error is None:
             outcomes.sent(delivery, message_id, now)
@@ -158,7 +158,7 @@ def _send_group(session: Session, claimed: list[ClaimedDelivery], transport: Tra
 
 
 def _sendable(claimed: list[ClaimedDelivery], subscribers: dict[int, Subscriber], suppressed: set[str],
-              settings: Settings, digests: DigestComposer, outcomes: _Outcomes, lease: _Lease
+              settings: Settings, composer: MessageComposer, outcomes: _Outcomes, lease: _Lease
               ) -> Iterator[tuple[tuple[ClaimedDelivery, str, datetime], Envelope]]:
     """The group's messages, made one at a time as the transport takes them; the rest are
     recorded as not sent."""
@@ -172,7 +172,7 @@ def _sendable(claimed: list[ClaimedDelivery], subscribers: dict[int, Subscriber]
         lease.keep([d.id for d in claimed])
         now = utcnow()
         try:
-            message = _compose(delivery, subscriber, settings, digests, now)
+            message = composer.compose(delivery, subscriber, now)
             raw = build_mime(message)
         except SQLAlchemyError:
             raise
@@ -212,13 +212,6 @@ def retry_delay(attempts: int, base_seconds: float) -> float:
     """Exponential backoff with jitter: about base, 2x base, 4x base ... capped at an hour."""
     ceiling = min(MAX_BACKOFF_SECONDS, base_seconds * 2 ** max(0, attempts - 1))
     return random.uniform(ceiling / 2, ceiling)
-
-
-def _compose(delivery: ClaimedDelivery, subscriber: Subscriber, settings: Settings, digests: DigestComposer,
-             now: datetime) -> OutgoingMessage:
-    if delivery.kind == DeliveryKind.DIGEST:
-        return digests.compose(delivery, subscriber, now)
-    return compose_confirmation(delivery, subscriber, settings, now)
 
 
 def _claim(session: Session, delivery_ids: Sequence[int], settings: Settings) -> list[ClaimedDelivery]:

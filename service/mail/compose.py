@@ -14,15 +14,15 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service import links
 from service.config import Settings
 from service.mail.message import OutgoingMessage, make_message_id
 from service.mail.personalise import (
     ContentKey,
-    DigestCopies,
+    PersonalCopies,
     PersonalCopy,
     Reader,
     TemplateCache,
+    confirmation_fields,
     content_key,
     digest_context,
     personal_fields,
@@ -64,25 +64,38 @@ def list_unsubscribe_headers(url: str) -> list[tuple[str, str]]:
 def compose_confirmation(
     delivery: LedgerEntry, subscriber: Subscriber, settings: Settings, now: datetime
 ) -> OutgoingMessage:
-    """The double opt-in email, listing the topics still waiting for confirmation."""
-    pending = sorted(
-        (s.topic for s in subscriber.subscriptions if s.status == SubscriptionStatus.PENDING),
-        key=lambda topic: topic.name,
-    )
+    """The double opt-in email, listing the topics still waiting for confirmation, rendered for
+    this reader alone (a batch's ConfirmationComposer renders each content once)."""
     # Signed once: the link in the body and the List-Unsubscribe header must be the same URL.
-    unsubscribe_url = links.unsubscribe_url(subscriber.id)
-    context = {
-        "name": subscriber.name,
-        "email": subscriber.email,
-        "topics": pending,
-        "confirm_url": links.confirm_url(subscriber.id, subscriber.token_epoch),
-        "unsubscribe_url": unsubscribe_url,
-        "preferences_url": links.preferences_url(subscriber.id),
-        "expires_in_days": max(1, settings.CONFIRM_TOKEN_MAX_AGE // 86400),
-        "sender_name": _display_name(settings.MAIL_FROM),
-    }
-    rendered = render_email("confirmation", context)
-    return _outgoing(delivery, subscriber, settings, now, rendered, settings.MAIL_FROM, [], unsubscribe_url)
+    fields = confirmation_fields(_reader(subscriber))
+    rendered = _render_confirmation(settings, pending_topics(subscriber), fields)
+    return _outgoing(delivery, subscriber, settings, now, rendered, settings.MAIL_FROM, [],
+                     fields["unsubscribe_url"])
+
+
+def pending_topics(subscriber: Subscriber) -> list[Topic]:
+    """The topics a confirmation lists, by name."""
+    return sorted((s.topic for s in subscriber.subscriptions if s.status == SubscriptionStatus.PENDING),
+                  key=lambda topic: topic.name)
+
+
+def _render_confirmation(settings: Settings, topics: list[Topic], fields: Mapping[str, str]
+                         ) -> RenderedEmail:
+    return render_email("confirmation", {
+        "name": fields["name"] or None,
+        "email": fields["email"],
+        "topics": topics,
+        "confirm_url": fields["confirm_url"],
+        "unsubscribe_url": fields["unsubscribe_url"],
+        "preferences_url": fields["preferences_url"],
+        **_confirmation_settings(settings),
+    })
+
+
+def _confirmation_settings(settings: Settings) -> dict[str, Any]:
+    """The settings a confirmation shows."""
+    return {"expires_in_days": max(1, settings.CONFIRM_TOKEN_MAX_AGE // 86400),
+            "sender_name": _display_name(settings.MAIL_FROM)}
 
 
 def feedback_id_header(delivery: LedgerEntry, settings: Settings) -> list[tuple[str, str]]:
@@ -146,7 +159,62 @@ def _render_digest(settings: Settings, frequency: Frequency, sections: list[Dige
 
 
 def _reader(subscriber: Subscriber) -> Reader:
-    return Reader(subscriber.id, subscriber.email, subscriber.name, subscriber.frequency)
+    return Reader(subscriber.id, subscriber.email, subscriber.name, subscriber.frequency,
+                  subscriber.token_epoch)
+
+
+class MessageComposer:
+    """Composes the messages of one batch of deliveries, digests and confirmations alike."""
+
+    def __init__(self, session: Session, settings: Settings) -> None:
+        self.digests = DigestComposer(session, settings)
+        self.confirmations = ConfirmationComposer(settings)
+
+    def load(self, deliveries: Iterable[LedgerEntry]) -> None:
+        """Fetch what the digests among these deliveries show."""
+        self.digests.load(d.id for d in deliveries if d.kind == DeliveryKind.DIGEST)
+
+    def compose(self, delivery: LedgerEntry, subscriber: Subscriber, now: datetime) -> OutgoingMessage:
+        if delivery.kind == DeliveryKind.DIGEST:
+            return self.digests.compose(delivery, subscriber, now)
+        return self.confirmations.compose(delivery, subscriber, now)
+
+
+class ConfirmationComposer:
+    """Composes the confirmations of one batch: each distinct content (whether the reader
+    gave a name, the pending topics) rendered once, or not at all when an earlier batch
+    of this process made the same content. Under a stream of form posts most readers
+    ask for the same few topics, and rendering was half of what a confirmation cost."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._topics: dict[int, Topic] = {}
+        self._templates_version: tuple[tuple[str, int, int], ...] | None = None
+        self.copies = PersonalCopies(self._render_content, self._content_version,
+                                     SHARED_CONFIRMATION_TEMPLATES, confirmation_fields)
+
+    def compose(self, delivery: LedgerEntry, subscriber: Subscriber, now: datetime) -> OutgoingMessage:
+        reader = _reader(subscriber)
+        pending = pending_topics(subscriber)
+        self._topics.update((topic.id, topic) for topic in pending)
+        fields = confirmation_fields(reader)
+        key = (bool(reader.name), tuple(topic.id for topic in pending))
+        rendered = self.copies.copy_for(reader, key, fields)
+        return _outgoing(delivery, subscriber, self._settings, now, rendered, self._settings.MAIL_FROM, [],
+                         fields["unsubscribe_url"])
+
+    def _content_version(self, key: tuple[bool, tuple[int, ...]]) -> Hashable:
+        """Everything a render of this content reads but the key: the topics' columns, the
+        settings the email shows, and the template files."""
+        _, topic_ids = key
+        if self._templates_version is None:
+            self._templates_version = templates_version()
+        shown = tuple(_confirmation_settings(self._settings).items())
+        return _column_values(self._topics[i] for i in topic_ids), shown, self._templates_version
+
+    def _render_content(self, reader: Reader, key: Hashable, fields: Mapping[str, str]) -> RenderedEmail:
+        _, topic_ids = key  # type: ignore[misc]
+        return _render_confirmation(self._settings, [self._topics[i] for i in topic_ids], fields)
 
 
 class DigestComposer:
@@ -159,7 +227,7 @@ class DigestComposer:
         self._settings = settings
         self._contents: dict[int, list[tuple[int, int]]] = {}
         self._templates_version: tuple[tuple[str, int, int], ...] | None = None
-        self.copies = DigestCopies(self._render_content, self._content_version, SHARED_TEMPLATES)
+        self.copies = PersonalCopies(self._render_content, self._content_version, SHARED_TEMPLATES)
 
     def load(self, delivery_ids: Iterable[int]) -> None:
         """Fetch the (topic, article) pairs planned into these deliveries."""
@@ -176,7 +244,7 @@ class DigestComposer:
         reader = _reader(subscriber)
         pairs = self._contents.pop(delivery.id, [])
         fields = personal_fields(reader)
-        rendered = self.copies.digest_for(reader, content_key(reader, pairs), fields)
+        rendered = self.copies.copy_for(reader, content_key(reader, pairs), fields)
         return _outgoing(delivery, subscriber, self._settings, now, rendered, self._settings.DIGEST_MAIL_FROM,
                          [("List-Id", list_id(self._settings))], fields["unsubscribe_url"])
 
@@ -199,8 +267,8 @@ class DigestComposer:
             select(Article).where(Article.id.in_(article_ids)))}
         return topics, articles
 
-    def _render_content(self, reader: Reader, key: ContentKey, fields: Mapping[str, str]) -> RenderedEmail:
-        frequency, _, sections_key = key
+    def _render_content(self, reader: Reader, key: Hashable, fields: Mapping[str, str]) -> RenderedEmail:
+        frequency, _, sections_key = key  # type: ignore[misc]
         topics, articles = self._topics_and_articles(key)
         sections = digest_sections((topics[topic_id], articles[article_id])
                                    for topic_id, ids in sections_key for article_id in ids)
@@ -209,6 +277,7 @@ class DigestComposer:
 
 # Templates of contents, shared by the batches this process sends.
 SHARED_TEMPLATES = TemplateCache()
+SHARED_CONFIRMATION_TEMPLATES = TemplateCache()
 
 
 def _column_values(rows: Iterable[Topic | Article]) -> tuple[tuple[Any, ...], ...]:

@@ -1,4 +1,4 @@
-"""Render each distinct digest once, then personalise a copy per reader.
+"""Render each distinct email once, then personalise a copy per reader.
 
 In a fan-out most readers of the same topics get the same articles. Rendering
 Jinja and inlining CSS for each of 100,000 of them would be most of the CPU
@@ -6,7 +6,9 @@ a send costs, so a digest is rendered once per *content* (frequency, whether
 the reader gave a name, the articles under each topic) with placeholders in
 the personal fields: name, address, unsubscribe and preferences links. Each
 reader's copy is then the template's static pieces joined with their fields,
-escaped as the HTML serializer would have escaped them.
+escaped as the HTML serializer would have escaped them. Confirmations go the
+same way, their content being the pending topics and their confirmation link
+one more personal field.
 
 A template may print a personal field, escaped or not, and test whether the
 name is there; anything more (a filter on the name, say) would not survive
@@ -25,6 +27,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from service import links
 from service.config import Settings
@@ -38,6 +41,7 @@ _PLACEHOLDERS = {
     "email": "NLxPERSONALxEMAILx",
     "unsubscribe_url": "NLxPERSONALxUNSUBSCRIBEx",
     "preferences_url": "NLxPERSONALxPREFERENCESx",
+    "confirm_url": "NLxPERSONALxCONFIRMx",
 }
 
 ContentKey = tuple[Frequency, bool, tuple[tuple[int, tuple[int, ...]], ...]]
@@ -51,15 +55,22 @@ class Reader:
     email: str
     name: str | None
     frequency: Frequency
+    token_epoch: int = 0  # signed into a confirmation link
 
 
 def personal_fields(reader: Reader) -> dict[str, str]:
+    """A digest's personal fields."""
     return {
         "name": reader.name or "",
         "email": reader.email,
         "unsubscribe_url": links.unsubscribe_url(reader.id),
         "preferences_url": links.preferences_url(reader.id),
     }
+
+
+def confirmation_fields(reader: Reader) -> dict[str, str]:
+    """A confirmation's personal fields: a digest's and the confirmation link."""
+    return {**personal_fields(reader), "confirm_url": links.confirm_url(reader.id, reader.token_epoch)}
 
 
 def content_key(reader: Reader, pairs: Iterable[tuple[int, int]]) -> ContentKey:
@@ -180,9 +191,9 @@ class TemplateCache:
 
     A worker sends a fan-out in batches of DIGEST_BATCH_SIZE, and each batch
     rendered each of its contents twice (the template and its probe). The key
-    under which a template is kept names everything its render read (see
-    DigestComposer's content version), so a hit is the digest a render would
-    give now; ``max_age`` bounds what the key cannot see, such as a template
+    under which a template is kept names everything its render read (see the
+    composers' content versions in service.mail.compose), so a hit is the email
+    a render would give now; ``max_age`` bounds what the key cannot see, such as a template
     that reads a relationship of an article.
     """
 
@@ -212,37 +223,41 @@ class TemplateCache:
             self._entries.clear()
 
 
-class DigestCopies:
-    """Renders digests through ``render``, once per content, for the life of one batch.
+class PersonalCopies:
+    """Renders emails through ``render``, once per content, for the life of one batch.
 
-    ``render(reader, key, fields)`` is the slow path: it renders the digest of that
-    content for a reader with those personal fields. With a ``shared`` cache,
-    ``version(key)`` names what the content's render would read now, and a
-    template made by an earlier batch for the same content and version is used.
+    ``render(reader, key, fields)`` is the slow path: it renders the email of that
+    content for a reader with those personal fields, ``fields_of(reader)``. With a
+    ``shared`` cache, ``version(key)`` names what the content's render would read
+    now, and a template made by an earlier batch for the same content and version
+    is used. A key names the content of one kind of email only: digests and
+    confirmations need caches of their own.
     """
 
-    def __init__(self, render: Callable[[Reader, ContentKey, Mapping[str, str]], RenderedEmail],
-                 version: Callable[[ContentKey], Hashable] | None = None,
-                 shared: TemplateCache | None = None) -> None:
+    def __init__(self, render: Callable[[Reader, Hashable, Mapping[str, str]], RenderedEmail],
+                 version: Callable[[Any], Hashable] | None = None,
+                 shared: TemplateCache | None = None,
+                 fields_of: Callable[[Reader], dict[str, str]] = personal_fields) -> None:
         self._render = render
         self._version = version
         self._shared = shared
-        self._templates: dict[ContentKey, _Template | None] = {}
+        self._fields_of = fields_of
+        self._templates: dict[Hashable, _Template | None] = {}
         self.renders = 0  # slow-path renders, for the benchmark and the tests
 
-    def digest_for(self, reader: Reader, key: ContentKey, fields: Mapping[str, str] | None = None
-                   ) -> PersonalCopy:
-        """The digest of this content for this reader; ``fields`` are their personal_fields, if at hand."""
+    def copy_for(self, reader: Reader, key: Hashable, fields: Mapping[str, str] | None = None
+                 ) -> PersonalCopy:
+        """The email of this content for this reader; ``fields`` are their ``fields_of``, if at hand."""
         if key not in self._templates:
             self._templates[key] = self._shared_template(reader, key)
         template = self._templates[key]
-        fields = fields or personal_fields(reader)
+        fields = fields or self._fields_of(reader)
         if template is None:
             rendered = self._slow(reader, key, fields)
             return PersonalCopy(rendered.subject, rendered.text, rendered.html)
         return template.fill(fields)
 
-    def _shared_template(self, reader: Reader, key: ContentKey) -> _Template | None:
+    def _shared_template(self, reader: Reader, key: Hashable) -> _Template | None:
         if self._shared is None or self._version is None:
             return self._template_for(reader, key)
         shared_key = (key, self._version(key))
@@ -252,21 +267,22 @@ class DigestCopies:
             self._shared.put(shared_key, template)
         return template
 
-    def _template_for(self, reader: Reader, key: ContentKey) -> _Template | None:
+    def _template_for(self, reader: Reader, key: Hashable) -> _Template | None:
         """The content with placeholders, if filling it in gives exactly what rendering would."""
-        placeholders = {field: _PLACEHOLDERS[field] for field in _PLACEHOLDERS}
+        probe = Reader(reader.id, _PROBE_EMAIL, _PROBE_NAME if reader.name else None, reader.frequency,
+                       reader.token_epoch)
+        probe_fields = self._fields_of(probe)
+        placeholders = {field: _PLACEHOLDERS[field] for field in probe_fields}
         if not reader.name:
             placeholders["name"] = ""  # falsy, as the reader's: the template's {% if name %} agrees
         template = _Template.of(self._slow(reader, key, placeholders))
-        probe = Reader(reader.id, _PROBE_EMAIL, _PROBE_NAME if reader.name else None, reader.frequency)
-        probe_fields = personal_fields(probe)
         expected = self._slow(probe, key, probe_fields)
         if template.fill(probe_fields).decoded() != RenderedEmail(
                 expected.subject, _as_sent(expected.html), _as_sent(expected.text)):
             return None
         return template
 
-    def _slow(self, reader: Reader, key: ContentKey, fields: Mapping[str, str]) -> RenderedEmail:
+    def _slow(self, reader: Reader, key: Hashable, fields: Mapping[str, str]) -> RenderedEmail:
         self.renders += 1
         return self._render(reader, key, fields)
 

@@ -8,7 +8,7 @@ from service.config import get_settings
 from service.mail.compose import DigestSection
 from service.mail.personalise import (
     MISSING,
-    DigestCopies,
+    PersonalCopies,
     Reader,
     TemplateCache,
     content_key,
@@ -49,23 +49,23 @@ def _render_with_templates(reader, key, fields) -> RenderedEmail:
 
 
 def test_every_copy_equals_the_digest_rendered_for_that_reader_alone(session):
-    copies = DigestCopies(_render_with_templates)
+    copies = PersonalCopies(_render_with_templates)
     for _ in range(3):
         for reader in READERS:
             key = content_key(reader, PAIRS)
             # One set of links for both: a link's token carries the second it was signed in.
             fields = personal_fields(reader)
-            assert copies.digest_for(reader, key, fields).decoded() == _render_with_templates(
+            assert copies.copy_for(reader, key, fields).decoded() == _render_with_templates(
                 reader, key, fields), reader
 
 
 def test_each_content_is_rendered_twice_in_all_however_many_readers_get_it(session):
-    copies = DigestCopies(_render_with_templates)
+    copies = PersonalCopies(_render_with_templates)
     readers = [Reader(n, f"reader{n}@example.com", f"Reader {n}", Frequency.DAILY) for n in range(1, 201)]
     for reader in readers:
-        copies.digest_for(reader, content_key(reader, PAIRS))
+        copies.copy_for(reader, content_key(reader, PAIRS))
     for reader in readers[:50]:
-        copies.digest_for(reader, content_key(reader, PAIRS[:2]))
+        copies.copy_for(reader, content_key(reader, PAIRS[:2]))
     # The first reader of each content the slow way, plus the template with placeholders.
     assert copies.renders == 4
 
@@ -86,9 +86,9 @@ def test_a_template_that_transforms_a_personal_field_is_rendered_per_reader(sess
         text = template.render(name=fields["name"], email=fields["email"])
         return RenderedEmail(subject="Digest", html=text, text=text)
 
-    copies = DigestCopies(render)
+    copies = PersonalCopies(render)
     named = [reader for reader in READERS if reader.name]
-    results = [copies.digest_for(reader, content_key(reader, PAIRS)) for reader in named]
+    results = [copies.copy_for(reader, content_key(reader, PAIRS)) for reader in named]
     assert [r.decoded().text for r in results] == [
         template.render(name=reader.name, email=reader.email) for reader in named]
     assert copies.renders > len(named)  # no shortcut taken after the failed check
@@ -97,19 +97,19 @@ def test_a_template_that_transforms_a_personal_field_is_rendered_per_reader(sess
 def test_a_later_batch_reuses_the_template_of_the_same_content_and_version(session):
     shared = TemplateCache()
     readers = [Reader(n, f"reader{n}@example.com", f"Reader {n}", Frequency.DAILY) for n in range(1, 4)]
-    first = DigestCopies(_render_with_templates, lambda key: "v1", shared)
+    first = PersonalCopies(_render_with_templates, lambda key: "v1", shared)
     for reader in readers:
-        first.digest_for(reader, content_key(reader, PAIRS))
+        first.copy_for(reader, content_key(reader, PAIRS))
     assert first.renders == 2
 
-    later = DigestCopies(_render_with_templates, lambda key: "v1", shared)
+    later = PersonalCopies(_render_with_templates, lambda key: "v1", shared)
     for reader in readers:
         key, fields = content_key(reader, PAIRS), personal_fields(reader)
-        assert later.digest_for(reader, key, fields).decoded() == _render_with_templates(reader, key, fields)
+        assert later.copy_for(reader, key, fields).decoded() == _render_with_templates(reader, key, fields)
     assert later.renders == 0
 
-    changed = DigestCopies(_render_with_templates, lambda key: "v2", shared)
-    changed.digest_for(readers[0], content_key(readers[0], PAIRS))
+    changed = PersonalCopies(_render_with_templates, lambda key: "v2", shared)
+    changed.copy_for(readers[0], content_key(readers[0], PAIRS))
     assert changed.renders == 2  # another version of the content: made anew
 
 
@@ -117,8 +117,8 @@ def test_a_shared_template_is_not_used_past_its_age(session):
     shared = TemplateCache(max_age=0)
     reader = READERS[0]
     for _ in range(2):
-        copies = DigestCopies(_render_with_templates, lambda key: "v1", shared)
-        copies.digest_for(reader, content_key(reader, PAIRS))
+        copies = PersonalCopies(_render_with_templates, lambda key: "v1", shared)
+        copies.copy_for(reader, content_key(reader, PAIRS))
         assert copies.renders == 2
 
 
@@ -141,7 +141,7 @@ def test_a_content_that_could_not_take_the_shortcut_is_remembered_as_such(sessio
 
     shared = TemplateCache()
     reader = READERS[0]
-    DigestCopies(render, lambda key: "v1", shared).digest_for(reader, content_key(reader, PAIRS))
-    later = DigestCopies(render, lambda key: "v1", shared)
-    assert later.digest_for(reader, content_key(reader, PAIRS)).decoded().text == "Hello PEGGY"
+    PersonalCopies(render, lambda key: "v1", shared).copy_for(reader, content_key(reader, PAIRS))
+    later = PersonalCopies(render, lambda key: "v1", shared)
+    assert later.copy_for(reader, content_key(reader, PAIRS)).decoded().text == "Hello PEGGY"
     assert later.renders == 1  # the reader's own render, without checking the template again
