@@ -27,6 +27,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from service import links
@@ -49,7 +50,7 @@ ContentKey = tuple[Frequency, bool, tuple[tuple[int, tuple[int, ...]], ...]]
 
 @dataclass(frozen=True)
 class Reader:
-    """The personal fields of one digest."""
+    """Who an email is for: what its personal fields are made of."""
 
     id: int
     email: str
@@ -91,14 +92,14 @@ def content_key(reader: Reader, pairs: Iterable[tuple[int, int]]) -> ContentKey:
 _TEXT_ESCAPES = str.maketrans({"&": "&amp;", "\xa0": "&nbsp;", "<": "&lt;", ">": "&gt;"})
 _ATTRIBUTE_ESCAPES = str.maketrans({"&": "&amp;", "\xa0": "&nbsp;", '"': "&quot;"})
 # A reader whose personal fields hold every character escaping treats specially:
-# if the shortcut gets their digest right, it gets anyone's right.
+# if the shortcut gets their email right, it gets anyone's right.
 _PROBE_NAME = "Probe <&> \"quoted\" 'single' \xa0 Zoë"
 _PROBE_EMAIL = "probe+\"<&>'@example.com"
 
 
 @dataclass(frozen=True)
 class PersonalCopy:
-    """One reader's digest; a body is quoted-printable already when it was filled in."""
+    """One reader's email; a body is quoted-printable already when it was filled in."""
 
     subject: str
     text: Body
@@ -126,12 +127,12 @@ class _Cut:
     slots: tuple[tuple[str, dict[int, str] | None], ...]  # (personal field, escapes)
 
     @classmethod
-    def of(cls, body: str, html: bool) -> _Cut:
+    def of(cls, body: str, html: bool, placeholder: re.Pattern[str]) -> _Cut:
         pieces: list[bytes] = []
         slots: list[tuple[str, dict[int, str] | None]] = []
         # Line breaks normalised first, so no piece ends in a CR whose LF starts the next.
         body, start = _as_sent(body), 0
-        for match in _PLACEHOLDER.finditer(body):
+        for match in placeholder.finditer(body):
             escapes = None
             if html:
                 in_tag = body.rfind("<", 0, match.start()) > body.rfind(">", 0, match.start())
@@ -157,7 +158,13 @@ class _Cut:
 
 
 _FIELD_OF = {placeholder: field for field, placeholder in _PLACEHOLDERS.items()}
-_PLACEHOLDER = re.compile("|".join(map(re.escape, _FIELD_OF)))
+
+
+@lru_cache(maxsize=8)
+def _placeholder_pattern(fields: frozenset[str]) -> re.Pattern[str]:
+    """The placeholders of these fields only: another kind's placeholder in an article's
+    text (a confirmation's in a digest, say) is text like any other."""
+    return re.compile("|".join(re.escape(_PLACEHOLDERS[field]) for field in sorted(fields)))
 
 
 @dataclass(frozen=True)
@@ -167,13 +174,16 @@ class _Template:
     subject: str
     text: _Cut
     html: _Cut
+    placeholder: re.Pattern[str]
 
     @classmethod
-    def of(cls, rendered: RenderedEmail) -> _Template:
-        return cls(rendered.subject, _Cut.of(rendered.text, html=False), _Cut.of(rendered.html, html=True))
+    def of(cls, rendered: RenderedEmail, fields: frozenset[str]) -> _Template:
+        placeholder = _placeholder_pattern(fields)
+        return cls(rendered.subject, _Cut.of(rendered.text, False, placeholder),
+                   _Cut.of(rendered.html, True, placeholder), placeholder)
 
     def fill(self, fields: Mapping[str, str]) -> PersonalCopy:
-        subject = _PLACEHOLDER.sub(lambda match: fields[_FIELD_OF[match.group()]], self.subject)
+        subject = self.placeholder.sub(lambda match: fields[_FIELD_OF[match.group()]], self.subject)
         encoded: dict[str, bytes] = {}
         return PersonalCopy(" ".join(subject.split()), self.text.fill(fields, encoded),
                             self.html.fill(fields, encoded))
@@ -275,7 +285,7 @@ class PersonalCopies:
         placeholders = {field: _PLACEHOLDERS[field] for field in probe_fields}
         if not reader.name:
             placeholders["name"] = ""  # falsy, as the reader's: the template's {% if name %} agrees
-        template = _Template.of(self._slow(reader, key, placeholders))
+        template = _Template.of(self._slow(reader, key, placeholders), frozenset(probe_fields))
         expected = self._slow(probe, key, probe_fields)
         if template.fill(probe_fields).decoded() != RenderedEmail(
                 expected.subject, _as_sent(expected.html), _as_sent(expected.text)):

@@ -3,9 +3,10 @@
 import threading
 import time
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, func, select
 
 from service.config import get_settings
 from service.deliveries import RetryLater, deliver, deliver_many, reschedule_stalled, stalled_delivery_ids
@@ -16,14 +17,17 @@ from service.models import (
     Delivery,
     DeliveryState,
     Subscriber,
+    SubscriberStatus,
     Suppression,
     SuppressionReason,
+    Topic,
     utcnow,
 )
 from service.pauses import pause_sending, resume_sending
 from service.subscriptions import SubscriptionRequest, subscribe, unsubscribe
 from service.suppressions import is_suppressed, suppress
 from service.verp import delivery_id_from_verp
+from tests.forms import submit
 
 EMAIL = "peggy@example.com"
 
@@ -302,3 +306,41 @@ def test_a_group_of_confirmations_loads_its_readers_topics_together_not_reader_b
     assert topics_alone == []  # the topics came with the subscriptions, not one by one
     received = smtp.wait_for("reader9@example.com")[0].message.get_body(("plain",)).get_content()
     assert "Marvel News" in received and "TV News" in received
+
+
+def test_confirmations_of_one_content_carry_each_readers_own_links_and_the_topics_as_they_are(
+        session, smtp, client):
+    """Confirmations are filled in from a template made once per content and kept across tasks:
+    each reader still gets their own name, address and links, and a renamed topic shows at once."""
+    settings = get_settings()
+    readers = {"first@example.com": "First", "second@example.com": "Second", "third@example.com": "Third"}
+    requests = [SubscriptionRequest(email, ["marvel-news"], name=name) for email, name in readers.items()]
+    ids = [subscribe(session, request, "weekly").delivery_ids[0] for request in requests]
+    session.commit()
+
+    def send(delivery_ids):
+        with SMTPTransport(SMTPSettings(settings.SMTP_HOST, settings.SMTP_PORT)) as transport:
+            batch = deliver_many(session, delivery_ids, transport, settings)
+        assert [result.state for result in batch.results] == [DeliveryState.SENT] * len(delivery_ids)
+
+    send(ids[:2])
+    session.scalars(select(Topic).where(Topic.slug == "marvel-news")).one().name = "Marvel Studios News"
+    session.commit()
+    send(ids[2:])
+
+    topics = {"first@example.com": "Marvel News", "second@example.com": "Marvel News",
+              "third@example.com": "Marvel Studios News"}
+    for email, name in readers.items():
+        [received] = smtp.wait_for(email)
+        assert received.message["Subject"] == f"Confirm your subscription to {topics[email]}"
+        assert f"Hi {name}," in received.text and email in received.text
+        others = [other for other in readers if other != email]
+        assert not any(other in received.text or readers[other] in received.html for other in others)
+        assert submit(client, urlsplit(received.link("confirm")).path).status_code == 200
+        subscriber = session.scalars(select(Subscriber).where(Subscriber.email == email)).one()
+        session.refresh(subscriber)
+        assert subscriber.status == SubscriberStatus.CONFIRMED
+        unsubscribe = received.message["List-Unsubscribe"].strip("<>")
+        assert unsubscribe == received.link("unsubscribe")
+    assert session.scalar(select(func.count()).select_from(Subscriber)
+                          .where(Subscriber.status == SubscriberStatus.CONFIRMED)) == 3

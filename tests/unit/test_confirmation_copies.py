@@ -6,9 +6,11 @@ from datetime import UTC, datetime
 
 import pytest
 
+from service import links
 from service.config import get_settings
 from service.deliveries import ClaimedDelivery
 from service.mail.compose import SHARED_CONFIRMATION_TEMPLATES, ConfirmationComposer, compose_confirmation
+from service.mail.rendering import RenderedEmail, render_email
 from service.models import DeliveryKind, Frequency, Subscriber, Subscription, SubscriptionStatus, Topic
 
 NOW = datetime(2026, 11, 25, 9, tzinfo=UTC)
@@ -62,20 +64,41 @@ def _as_received(message) -> tuple:
     return message.to, message.subject, text, html, message.extra_headers, message.message_id
 
 
+def _rendered_alone(reader: Subscriber, topics: list[Topic]) -> RenderedEmail:
+    """The confirmation template rendered for this reader with nothing of the composers' own."""
+    return render_email("confirmation", {
+        "name": reader.name, "email": reader.email, "topics": topics,
+        "confirm_url": links.confirm_url(reader.id, reader.token_epoch),
+        "unsubscribe_url": links.unsubscribe_url(reader.id),
+        "preferences_url": links.preferences_url(reader.id),
+        "expires_in_days": 7, "sender_name": "Marvel News",
+    })
+
+
 def test_every_copy_equals_the_confirmation_rendered_for_that_reader_alone(session, frozen_clock):
     settings = get_settings()
+    assert settings.CONFIRM_TOKEN_MAX_AGE == 7 * 86400 and settings.MAIL_FROM.startswith("Marvel News <")
     composer = ConfirmationComposer(settings)
     for _ in range(2):
         for reader in READERS:
             copy = composer.compose(_delivery(reader), reader, NOW)
             alone = compose_confirmation(_delivery(reader), reader, settings, NOW)
             assert _as_received(copy) == _as_received(alone), reader.email
+            pending = sorted((subscription.topic for subscription in reader.subscriptions
+                              if subscription.status == SubscriptionStatus.PENDING),
+                             key=lambda topic: topic.name)
+            expected = _rendered_alone(reader, pending)
+            assert (copy.subject, *_as_received(copy)[2:4]) == (
+                expected.subject, expected.text.replace("\r\n", "\n"), expected.html.replace("\r\n", "\n"))
     # One template and one probe per content: (named, Marvel), (unnamed, Marvel), (named, Marvel
     # + TV), (unnamed, Marvel + TV), (named, Movies), (named, all three).
     assert composer.copies.renders == 2 * 6
 
 
-def test_the_copy_lists_the_pending_topics_and_carries_the_readers_own_links(session):
+def test_the_copy_lists_the_pending_topics_and_carries_the_readers_own_links(session, monkeypatch):
+    """The unsubscribe header is the body's very link, though the clock ticks between signings."""
+    clock = iter(range(1_800_000_000, 1_900_000_000, 7))
+    monkeypatch.setattr(time, "time", lambda: float(next(clock)))
     reader = READERS[3]
     message = ConfirmationComposer(get_settings()).compose(_delivery(reader), reader, NOW)
     text, html = message.text.decoded(), message.html.decoded()

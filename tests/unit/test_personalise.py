@@ -145,3 +145,18 @@ def test_a_content_that_could_not_take_the_shortcut_is_remembered_as_such(sessio
     later = PersonalCopies(render, lambda key: "v1", shared)
     assert later.copy_for(reader, content_key(reader, PAIRS)).decoded().text == "Hello PEGGY"
     assert later.renders == 1  # the reader's own render, without checking the template again
+
+
+def test_an_article_that_holds_a_placeholder_is_shown_as_written(session, monkeypatch):
+    """A feed's text may hold anything, even our placeholders: a confirmation's is plain text in
+    a digest, and a digest's own is caught by the check against the probe reader."""
+    for article_id, title in ((7, "Watch NLxPERSONALxCONFIRMx now"), (8, "Dear NLxPERSONALxNAMEx, hello")):
+        monkeypatch.setitem(ARTICLES, article_id, Article(
+            id=article_id, title=title, url=f"https://www.example.com/{article_id}", summary="S.",
+            author="A", image_url=None, published_at=datetime(2026, 11, 24, 8, tzinfo=UTC)))
+        copies = PersonalCopies(_render_with_templates)
+        for reader in READERS:
+            key, fields = content_key(reader, [(1, article_id)]), personal_fields(reader)
+            copy = copies.copy_for(reader, key, fields).decoded()
+            assert copy == _render_with_templates(reader, key, fields), (title, reader)
+            assert title.replace(",", "") in copy.text.replace(",", "")
