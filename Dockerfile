@@ -14,4 +14,5 @@ RUN pip install -e . && useradd --create-home --uid 1000 newsletter && chown -R 
 USER newsletter
 
 EXPOSE 5000
-CMD ["gunicorn", "--workers", "2", "--threads", "4", "--bind", "0.0.0.0:5000", "service.wsgi:app"]
+# As the Procfile's web line (docs/deployment.md, "Scaling").
+CMD ["gunicorn", "--workers", "3", "--threads", "2", "--reuse-port", "--bind", "0.0.0.0:5000", "service.wsgi:app"]
