@@ -15,4 +15,4 @@ USER newsletter
 
 EXPOSE 5000
 # As the Procfile's web line (docs/deployment.md, "Scaling").
-CMD ["gunicorn", "--workers", "3", "--threads", "2", "--reuse-port", "--bind", "0.0.0.0:5000", "service.wsgi:app"]
+CMD ["gunicorn", "--workers", "3", "--threads", "2", "--bind", "0.0.0.0:5000", "service.wsgi:app"]

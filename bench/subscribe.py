@@ -27,7 +27,10 @@ sent confirmation, the sink must have got exactly one message per address, and
 no answer may be a 5xx. The form's defences stay on; only the rate limits are
 raised through the environment (see `environment`). Results go to
 bench/results/subscribe-<N>.{json,md}, or subscribe-<N>-new-connections.{json,md}
-with --new-connections (a connection per post instead of kept-alive ones).
+with --new-connections (a connection per post instead of kept-alive ones); with
+--gunicorn-args (gunicorn's own GUNICORN_CMD_ARGS on top of the Procfile's line,
+e.g. "--reuse-port") those options are in the name too:
+subscribe-<N>-reuse-port.{json,md}.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -149,7 +153,9 @@ def run_once(args: argparse.Namespace, number: int) -> dict[str, object]:
         prepare_database(args, stack.env)
         stack.start_web()
         stack.start_worker()
-        progress(f"  gunicorn {' '.join(stack.web_command[1:])}; sink: {stack.sink.description}")
+        extra = stack.env.get("GUNICORN_CMD_ARGS")
+        progress(f"  gunicorn {' '.join(stack.web_command[1:])}"
+                 f"{f' (GUNICORN_CMD_ARGS={extra!r})' if extra else ''}; sink: {stack.sink.description}")
         expected = 0
         if args.warmup:
             load(args, stack, args.warmup, f"w{number}")
@@ -383,6 +389,9 @@ def main() -> None:
     parser.add_argument("--new-connections", action="store_true",
                         help="a new connection per post (Connection: close), as from many readers' browsers; "
                              "by default each connection is kept alive for all its posts")
+    parser.add_argument("--gunicorn-args", default="",
+                        help="GUNICORN_CMD_ARGS for the web line, e.g. '--reuse-port' (default: none, the "
+                             "Procfile's line as it is)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--warmup", type=int, default=200, help="posts before measuring (0: none)")
     parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto")
@@ -425,10 +434,12 @@ def main() -> None:
         "same_code_in_every_run": same_code(runs),
         "sink": runs[0]["sink"],
         "generator": runs[0]["whole_stack"]["generator"],
-        "web": " ".join(procfile_command("web", {**os.environ, "PORT": "<port>"})[1:]),
+        "web": " ".join(procfile_command("web", {**os.environ, "PORT": "<port>"})[1:])
+        + (f" (GUNICORN_CMD_ARGS={args.gunicorn_args!r})" if args.gunicorn_args else ""),
         "worker": " ".join(procfile_command("worker", os.environ)[1:]),
         "settings": {k: getattr(args, k)
-                     for k in ("requests", "runs", "connections", "new_connections", "threads", "warmup")},
+                     for k in ("requests", "runs", "connections", "new_connections", "gunicorn_args",
+                               "threads", "warmup")},
         "summary": summary(runs),
         "all_checks_ok": all(c["ok"] for r in runs for c in r["checks"].values()),
         "server_errors": sum(r[p]["server_errors"] for r in runs for p in ("web_alone", "whole_stack")),
@@ -475,10 +486,17 @@ def summary(runs: list[dict]) -> dict[str, dict[str, float]]:
     return {name: summarise(found) for name, found in values.items() if found}
 
 
+def options_suffix(gunicorn_args: str) -> str:
+    """'--reuse-port --backlog 64' -> '-reuse-port-backlog-64', for the results' file names."""
+    words = re.findall(r"[A-Za-z0-9]+(?:[-_.][A-Za-z0-9]+)*", gunicorn_args)
+    return "".join(f"-{word}" for word in words)
+
+
 def write(result: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     # Its own files, so a run of the other connection pattern does not replace these.
     pattern = "-new-connections" if result["settings"].get("new_connections") else ""
+    pattern += options_suffix(result["settings"].get("gunicorn_args", ""))
     stem = RESULTS / f"subscribe-{result['settings']['requests']}{pattern}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     s, settings, host, code = result["summary"], result["settings"], result["machine"], result["code"]

@@ -44,6 +44,8 @@ def environment(args: argparse.Namespace, smtp_port: int, http_port: int) -> dic
         "SUBSCRIBE_LIMIT_PER_IP": "100000000/minute;1000000000/hour",
         "SUBSCRIBE_LIMIT_PER_DOMAIN": "1000000000/hour",
         "PORT": str(http_port),
+        # gunicorn reads these itself, on top of the Procfile's line: options an operator may add.
+        **({"GUNICORN_CMD_ARGS": args.gunicorn_args} if getattr(args, "gunicorn_args", "") else {}),
     }
 
 
