@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from service.config import Settings
 from service.mail.message import OutgoingMessage, make_message_id
 from service.mail.personalise import (
-    ContentKey,
+    DigestKey,
     PersonalCopies,
     PersonalCopy,
     Reader,
@@ -180,6 +180,10 @@ class MessageComposer:
         return self.confirmations.compose(delivery, subscriber, now)
 
 
+# Whether the reader gave a name, and the pending topics' ids in the order the email lists them.
+ConfirmationKey = tuple[bool, tuple[int, ...]]
+
+
 class ConfirmationComposer:
     """Composes the confirmations of one batch: each distinct content (whether the reader
     gave a name, the pending topics) rendered once, or not at all when an earlier batch
@@ -198,22 +202,24 @@ class ConfirmationComposer:
         pending = pending_topics(subscriber)
         self._topics.update((topic.id, topic) for topic in pending)
         fields = confirmation_fields(reader)
-        key = (bool(reader.name), tuple(topic.id for topic in pending))
+        key: ConfirmationKey = (bool(reader.name), tuple(topic.id for topic in pending))
         rendered = self.copies.copy_for(reader, key, fields)
         return _outgoing(delivery, subscriber, self._settings, now, rendered, self._settings.MAIL_FROM, [],
                          fields["unsubscribe_url"])
 
-    def _content_version(self, key: tuple[bool, tuple[int, ...]]) -> Hashable:
+    def _content_version(self, key: ConfirmationKey) -> Hashable:
         """Everything a render of this content reads but the key: the topics' columns, the
-        settings the email shows, and the template files."""
+        settings the email shows, and the template files. The topics are the ones ``compose``
+        has just noted for this key's reader."""
         _, topic_ids = key
         if self._templates_version is None:
             self._templates_version = templates_version()
         shown = tuple(_confirmation_settings(self._settings).items())
         return _column_values(self._topics[i] for i in topic_ids), shown, self._templates_version
 
-    def _render_content(self, reader: Reader, key: Hashable, fields: Mapping[str, str]) -> RenderedEmail:
-        _, topic_ids = key  # type: ignore[misc]
+    def _render_content(self, reader: Reader, key: ConfirmationKey, fields: Mapping[str, str]
+                        ) -> RenderedEmail:
+        _, topic_ids = key
         return _render_confirmation(self._settings, [self._topics[i] for i in topic_ids], fields)
 
 
@@ -248,7 +254,7 @@ class DigestComposer:
         return _outgoing(delivery, subscriber, self._settings, now, rendered, self._settings.DIGEST_MAIL_FROM,
                          [("List-Id", list_id(self._settings))], fields["unsubscribe_url"])
 
-    def _content_version(self, key: ContentKey) -> Hashable:
+    def _content_version(self, key: DigestKey) -> Hashable:
         """Everything a render of this content reads but the key: the topics' and articles'
         columns, the settings the template shows, and the template files."""
         topics, articles = self._topics_and_articles(key)
@@ -258,7 +264,7 @@ class DigestComposer:
         return (_column_values(topics.values()), _column_values(articles.values()), shown_settings,
                 self._templates_version)
 
-    def _topics_and_articles(self, key: ContentKey) -> tuple[dict[int, Topic], dict[int, Article]]:
+    def _topics_and_articles(self, key: DigestKey) -> tuple[dict[int, Topic], dict[int, Article]]:
         _, _, sections_key = key
         topic_ids = [topic_id for topic_id, _ in sections_key]
         article_ids = [article_id for _, ids in sections_key for article_id in ids]
@@ -267,8 +273,8 @@ class DigestComposer:
             select(Article).where(Article.id.in_(article_ids)))}
         return topics, articles
 
-    def _render_content(self, reader: Reader, key: Hashable, fields: Mapping[str, str]) -> RenderedEmail:
-        frequency, _, sections_key = key  # type: ignore[misc]
+    def _render_content(self, reader: Reader, key: DigestKey, fields: Mapping[str, str]) -> RenderedEmail:
+        frequency, _, sections_key = key
         topics, articles = self._topics_and_articles(key)
         sections = digest_sections((topics[topic_id], articles[article_id])
                                    for topic_id, ids in sections_key for article_id in ids)

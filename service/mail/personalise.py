@@ -28,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Generic, TypeVar
 
 from service import links
 from service.config import Settings
@@ -45,7 +45,8 @@ _PLACEHOLDERS = {
     "confirm_url": "NLxPERSONALxCONFIRMx",
 }
 
-ContentKey = tuple[Frequency, bool, tuple[tuple[int, tuple[int, ...]], ...]]
+DigestKey = tuple[Frequency, bool, tuple[tuple[int, tuple[int, ...]], ...]]
+Key = TypeVar("Key", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def confirmation_fields(reader: Reader) -> dict[str, str]:
     return {**personal_fields(reader), "confirm_url": links.confirm_url(reader.id, reader.token_epoch)}
 
 
-def content_key(reader: Reader, pairs: Iterable[tuple[int, int]]) -> ContentKey:
+def content_key(reader: Reader, pairs: Iterable[tuple[int, int]]) -> DigestKey:
     """What makes two readers' digests the same but for the personal fields.
 
     ``pairs`` are (topic id, article id).
@@ -233,7 +234,7 @@ class TemplateCache:
             self._entries.clear()
 
 
-class PersonalCopies:
+class PersonalCopies(Generic[Key]):
     """Renders emails through ``render``, once per content, for the life of one batch.
 
     ``render(reader, key, fields)`` is the slow path: it renders the email of that
@@ -244,18 +245,18 @@ class PersonalCopies:
     confirmations need caches of their own.
     """
 
-    def __init__(self, render: Callable[[Reader, Hashable, Mapping[str, str]], RenderedEmail],
-                 version: Callable[[Any], Hashable] | None = None,
+    def __init__(self, render: Callable[[Reader, Key, Mapping[str, str]], RenderedEmail],
+                 version: Callable[[Key], Hashable] | None = None,
                  shared: TemplateCache | None = None,
                  fields_of: Callable[[Reader], dict[str, str]] = personal_fields) -> None:
         self._render = render
         self._version = version
         self._shared = shared
         self._fields_of = fields_of
-        self._templates: dict[Hashable, _Template | None] = {}
+        self._templates: dict[Key, _Template | None] = {}
         self.renders = 0  # slow-path renders, for the benchmark and the tests
 
-    def copy_for(self, reader: Reader, key: Hashable, fields: Mapping[str, str] | None = None
+    def copy_for(self, reader: Reader, key: Key, fields: Mapping[str, str] | None = None
                  ) -> PersonalCopy:
         """The email of this content for this reader; ``fields`` are their ``fields_of``, if at hand."""
         if key not in self._templates:
@@ -267,7 +268,7 @@ class PersonalCopies:
             return PersonalCopy(rendered.subject, rendered.text, rendered.html)
         return template.fill(fields)
 
-    def _shared_template(self, reader: Reader, key: Hashable) -> _Template | None:
+    def _shared_template(self, reader: Reader, key: Key) -> _Template | None:
         if self._shared is None or self._version is None:
             return self._template_for(reader, key)
         shared_key = (key, self._version(key))
@@ -277,7 +278,7 @@ class PersonalCopies:
             self._shared.put(shared_key, template)
         return template
 
-    def _template_for(self, reader: Reader, key: Hashable) -> _Template | None:
+    def _template_for(self, reader: Reader, key: Key) -> _Template | None:
         """The content with placeholders, if filling it in gives exactly what rendering would."""
         probe = Reader(reader.id, _PROBE_EMAIL, _PROBE_NAME if reader.name else None, reader.frequency,
                        reader.token_epoch)
@@ -292,7 +293,7 @@ class PersonalCopies:
             return None
         return template
 
-    def _slow(self, reader: Reader, key: Hashable, fields: Mapping[str, str]) -> RenderedEmail:
+    def _slow(self, reader: Reader, key: Key, fields: Mapping[str, str]) -> RenderedEmail:
         self.renders += 1
         return self._render(reader, key, fields)
 
