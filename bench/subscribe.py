@@ -29,8 +29,8 @@ raised through the environment (see `environment`). Results go to
 bench/results/subscribe-<N>.{json,md}, or subscribe-<N>-new-connections.{json,md}
 with --new-connections (a connection per post instead of kept-alive ones); with
 --gunicorn-args (gunicorn's own GUNICORN_CMD_ARGS on top of the Procfile's line,
-e.g. "--reuse-port") those options are in the name too:
-subscribe-<N>-reuse-port.{json,md}.
+e.g. --gunicorn-args=--reuse-port, the "=" needed since the value starts with
+"--") those options are in the name too: subscribe-<N>-reuse-port.{json,md}.
 """
 
 from __future__ import annotations
@@ -278,7 +278,7 @@ def run_profile(args: argparse.Namespace, stack: Stack, number: int) -> dict[str
     stack.stop_worker()
     workers = stack.web_workers()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    pattern = "-new-connections" if args.new_connections else ""
+    pattern = ("-new-connections" if args.new_connections else "") + options_suffix(args.gunicorn_args)
     outputs = {
         # The raw stacks are large; *.tmp keeps them out of git (see .gitignore).
         kind: RESULTS / f"subscribe-profile-{kind}-{args.requests}{pattern}.raw.tmp"
@@ -390,8 +390,8 @@ def main() -> None:
                         help="a new connection per post (Connection: close), as from many readers' browsers; "
                              "by default each connection is kept alive for all its posts")
     parser.add_argument("--gunicorn-args", default="",
-                        help="GUNICORN_CMD_ARGS for the web line, e.g. '--reuse-port' (default: none, the "
-                             "Procfile's line as it is)")
+                        help="GUNICORN_CMD_ARGS for the web line, e.g. --gunicorn-args=--reuse-port (with "
+                             "'='; default: none, the Procfile's line as it is)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--warmup", type=int, default=200, help="posts before measuring (0: none)")
     parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto")
@@ -489,7 +489,8 @@ def summary(runs: list[dict]) -> dict[str, dict[str, float]]:
 def options_suffix(gunicorn_args: str) -> str:
     """'--reuse-port --backlog 64' -> '-reuse-port-backlog-64', for the results' file names."""
     words = re.findall(r"[A-Za-z0-9]+(?:[-_.][A-Za-z0-9]+)*", gunicorn_args)
-    return "".join(f"-{word}" for word in words)
+    # Options with no word in them still must not write over the plain run's files.
+    return "".join(f"-{word}" for word in words) or ("-gunicorn-args" if gunicorn_args.strip() else "")
 
 
 def write(result: dict) -> None:

@@ -45,7 +45,8 @@ def environment(args: argparse.Namespace, smtp_port: int, http_port: int) -> dic
         "SUBSCRIBE_LIMIT_PER_DOMAIN": "1000000000/hour",
         "PORT": str(http_port),
         # gunicorn reads these itself, on top of the Procfile's line: options an operator may add.
-        **({"GUNICORN_CMD_ARGS": args.gunicorn_args} if getattr(args, "gunicorn_args", "") else {}),
+        # Always set, so one left in the caller's environment cannot change a run unrecorded.
+        "GUNICORN_CMD_ARGS": getattr(args, "gunicorn_args", ""),
     }
 
 
