@@ -204,8 +204,8 @@ class TemplateCache:
     rendered each of its contents twice (the template and its probe). The key
     under which a template is kept names everything its render read (see the
     composers' content versions in service.mail.compose), so a hit is the email
-    a render would give now; ``max_age`` bounds what the key cannot see, such as a template
-    that reads a relationship of an article.
+    a render would give now; ``max_age`` bounds what the key cannot see, such as
+    a template that reads a relationship of an article.
     """
 
     def __init__(self, size: int = 64, max_age: float = 300.0) -> None:
