@@ -15,4 +15,5 @@ USER newsletter
 
 EXPOSE 5000
 # As the Procfile's web line (docs/deployment.md, "Scaling").
-CMD ["gunicorn", "--workers", "3", "--threads", "2", "--bind", "0.0.0.0:5000", "service.wsgi:app"]
+CMD ["granian", "--interface", "wsgi", "--workers", "2", "--blocking-threads", "2", "--host", "0.0.0.0", "--port", "5000", \
+     "--no-ws", "--workers-kill-timeout", "30", "service.wsgi:app"]

@@ -73,8 +73,9 @@ def generate(
 
     With ``new_connections`` each post asks for its connection to be closed (``Connection:
     close``) and the next one connects anew, as posts from many readers' browsers arrive.
-    Otherwise each of the ``connections`` is kept alive for all its posts, and gunicorn's
-    processes serve the connections they happened to accept (possibly all on one).
+    Otherwise each of the ``connections`` is kept alive for all its posts, served by the web
+    process that accepted it (granian's processes each listen on a socket of their own, and the
+    kernel spreads new connections over them).
     """
     if kind == "wrk":
         return run_wrk(url, total, prefix, topic, connections, threads, timeout, new_connections)
@@ -164,7 +165,7 @@ def run_wrk(
 
 
 def ceiling(url: str, connections: int, threads: int, seconds: int) -> dict[str, float] | None:
-    """GET /healthz with wrk on the same server: what gunicorn and Flask do with no work at all."""
+    """GET /healthz with wrk on the same server: what the web server and Flask do with no work at all."""
     binary = wrk_binary()
     if binary is None:
         return None

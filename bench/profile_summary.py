@@ -1,8 +1,9 @@
-"""Summarise a py-spy ``--format raw`` profile of a gunicorn worker into where a request's time goes.
+"""Summarise a py-spy ``--format raw`` profile of a web worker into where a request's time goes.
 
     .venv/bin/python -m bench.profile_summary bench/results/subscribe-profile-wall-20000.txt
 
-Only samples inside a request (below gunicorn's ``handle_request``) count. Each
+Only samples inside a request (below granian's WSGI ``_runner``, or gunicorn's
+``handle_request`` in the profiles of sessions 6 to 10) count. Each
 sample goes to the category of its innermost frame that belongs to one (see
 CATEGORIES). Recorded with ``--idle`` the shares are of wall-clock time
 (waiting on PostgreSQL or Redis included); without, of CPU time.
@@ -15,7 +16,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-REQUEST_FRAME = "handle_request (gunicorn/workers/gthread.py"
+REQUEST_FRAMES = ("_runner (granian/wsgi.py", "handle_request (gunicorn/workers/gthread.py")
 COMMIT_FRAME = "Session.commit (sqlalchemy/orm/session.py"
 SQL = "SQLAlchemy ORM + psycopg: queries and flushes"
 COMMIT = "COMMIT (PostgreSQL: WAL flush and round trip)"
@@ -38,7 +39,8 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("itsdangerous", ("itsdangerous/",)),
     ("logging", ("logging/__init__",)),
-    ("gunicorn: reading the request, writing the answer", ("gunicorn/http/", "gunicorn/util.py")),
+    ("the web server's Python side (granian's WSGI glue; gunicorn's HTTP parser)",
+     ("granian/", "gunicorn/http/", "gunicorn/util.py")),
 ]
 
 # Steps of a post, inclusive (they overlap with the categories and with each other).
@@ -69,13 +71,19 @@ def read_raw(path: Path) -> list[tuple[list[str], int]]:
 
 def category_of(frames: list[str]) -> str:
     """``frames`` from the request's root to the leaf."""
-    for frame in reversed(frames):
+    for depth, frame in enumerate(reversed(frames)):
+        if depth and _is_request(frame):
+            continue  # granian's root frame owns its own time, not its callees' (Flask's, ours)
         for name, patterns in CATEGORIES:
             if any(pattern in frame for pattern in patterns):
                 if name == SQL and any(COMMIT_FRAME in f for f in frames):
                     return COMMIT
                 return name
     return REST
+
+
+def _is_request(frame: str) -> bool:
+    return any(root in frame for root in REQUEST_FRAMES)
 
 
 def function_of(frame: str) -> str:
@@ -87,7 +95,7 @@ def summarise_profile(path: Path, title: str = "", top: int = 15) -> dict[str, o
     stacks = read_raw(path)
     total = sum(count for _, count in stacks)
     in_requests = [
-        (frames, count) for frames, count in stacks if any(REQUEST_FRAME in frame for frame in frames)
+        (frames, count) for frames, count in stacks if any(_is_request(frame) for frame in frames)
     ]
     request_samples = sum(count for _, count in in_requests) or 1
     categories: Counter[str] = Counter()
@@ -95,7 +103,7 @@ def summarise_profile(path: Path, title: str = "", top: int = 15) -> dict[str, o
     operations: Counter[str] = Counter()
     leaves: Counter[str] = Counter()
     for frames, count in in_requests:
-        start = next(i for i, frame in enumerate(frames) if REQUEST_FRAME in frame)
+        start = next(i for i, frame in enumerate(frames) if _is_request(frame))
         below = frames[start:]
         categories[category_of(below)] += count
         for function in {function_of(frame) for frame in below}:

@@ -1,4 +1,4 @@
-"""Subscribe throughput: POST /subscribe under gunicorn as the Procfile runs it, until every
+"""Subscribe throughput: POST /subscribe under granian as the Procfile runs it, until every
 confirmation email reached the sink.
 
     .venv/bin/python -m bench.subscribe                         # 20,000 posts, 3 runs
@@ -7,7 +7,7 @@ confirmation email reached the sink.
 
 Each run uses a PostgreSQL database of its own (newsletter_bench_subscribe,
 re-created) and a Redis db number of its own (9, flushed), the Procfile's `web`
-line (gunicorn, WEB_CONCURRENCY=3 workers x WEB_THREADS=2 threads unless set)
+line (granian, WEB_CONCURRENCY=2 workers x WEB_THREADS=2 threads unless set)
 and `worker` line (celery, --concurrency=2), and an SMTP sink (Postfix's
 smtp-sink, else bench/sink.py, which cannot list recipients). The posts come
 from `wrk` (Debian package wrk) with bench/subscribe.lua, else from a Python
@@ -28,9 +28,11 @@ no answer may be a 5xx. The form's defences stay on; only the rate limits are
 raised through the environment (see `environment`). Results go to
 bench/results/subscribe-<N>.{json,md}, or subscribe-<N>-new-connections.{json,md}
 with --new-connections (a connection per post instead of kept-alive ones); with
---gunicorn-args (gunicorn's own GUNICORN_CMD_ARGS on top of the Procfile's line,
-e.g. --gunicorn-args=--reuse-port, the "=" needed since the value starts with
-"--") those options are in the name too: subscribe-<N>-reuse-port.{json,md}.
+--web-args (options added to the end of the Procfile's web line, e.g.
+--web-args='--workers 3', the "=" needed since the value starts with "--") those
+options are in the name too: subscribe-<N>-workers-3.{json,md}. Granian's own
+GRANIAN_* variables are left out of the environment, so only --web-args adds
+options.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from bench import cpu_share
 from bench.fanout import peak_rss_mb, progress, reset_database, summarise
 from bench.loadgen import LoadError, LoadResult, ceiling, generate, wrk_binary
 from bench.profile_summary import summarise_profile
-from bench.subscribe_stack import Stack, procfile_command
+from bench.subscribe_stack import WEB, Stack, procfile_command
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -148,14 +150,12 @@ def verify(
 def run_once(args: argparse.Namespace, number: int) -> dict[str, object]:
     stack = Stack(args)
     n = args.requests
-    code = code_version()  # each run starts gunicorn and the worker anew, from the tree as it is now
+    code = code_version()  # each run starts the web server and the worker anew, from the tree as it is now
     try:
         prepare_database(args, stack.env)
         stack.start_web()
         stack.start_worker()
-        extra = stack.env.get("GUNICORN_CMD_ARGS")
-        progress(f"  gunicorn {' '.join(stack.web_command[1:])}"
-                 f"{f' (GUNICORN_CMD_ARGS={extra!r})' if extra else ''}; sink: {stack.sink.description}")
+        progress(f"  {' '.join(stack.web_command)}; sink: {stack.sink.description}")
         expected = 0
         if args.warmup:
             load(args, stack, args.warmup, f"w{number}")
@@ -278,7 +278,7 @@ def run_profile(args: argparse.Namespace, stack: Stack, number: int) -> dict[str
     stack.stop_worker()
     workers = stack.web_workers()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    pattern = ("-new-connections" if args.new_connections else "") + options_suffix(args.gunicorn_args)
+    pattern = ("-new-connections" if args.new_connections else "") + options_suffix(args.web_args)
     outputs = {
         # The raw stacks are large; *.tmp keeps them out of git (see .gitignore).
         kind: RESULTS / f"subscribe-profile-{kind}-{args.requests}{pattern}.raw.tmp"
@@ -389,9 +389,9 @@ def main() -> None:
     parser.add_argument("--new-connections", action="store_true",
                         help="a new connection per post (Connection: close), as from many readers' browsers; "
                              "by default each connection is kept alive for all its posts")
-    parser.add_argument("--gunicorn-args", default="",
-                        help="GUNICORN_CMD_ARGS for the web line, e.g. --gunicorn-args=--reuse-port (with "
-                             "'='; default: none, the Procfile's line as it is)")
+    parser.add_argument("--web-args", default="",
+                        help="options added to the end of the Procfile's web line, e.g. "
+                             "--web-args='--workers 3' (with '='; default: none, the line as it is)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--warmup", type=int, default=200, help="posts before measuring (0: none)")
     parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto")
@@ -434,11 +434,10 @@ def main() -> None:
         "same_code_in_every_run": same_code(runs),
         "sink": runs[0]["sink"],
         "generator": runs[0]["whole_stack"]["generator"],
-        "web": " ".join(procfile_command("web", {**os.environ, "PORT": "<port>"})[1:])
-        + (f" (GUNICORN_CMD_ARGS={args.gunicorn_args!r})" if args.gunicorn_args else ""),
+        "web": " ".join([*procfile_command("web", {**os.environ, "PORT": "<port>"}), args.web_args]).strip(),
         "worker": " ".join(procfile_command("worker", os.environ)[1:]),
         "settings": {k: getattr(args, k)
-                     for k in ("requests", "runs", "connections", "new_connections", "gunicorn_args",
+                     for k in ("requests", "runs", "connections", "new_connections", "web_args",
                                "threads", "warmup")},
         "summary": summary(runs),
         "all_checks_ok": all(c["ok"] for r in runs for c in r["checks"].values()),
@@ -462,7 +461,7 @@ def summary(runs: list[dict]) -> dict[str, dict[str, float]]:
         "end_to_end_seconds": lambda r: r["end_to_end_seconds"],
         "confirmations_during_load": lambda r: r["confirmations_during_load"],
         "worker_alone_confirmations_per_second": lambda r: r["worker_alone_confirmations_per_second"],
-        "web_alone_cpu_ms_web": lambda r: r["web_alone"]["cpu_ms_per_request"].get("web (gunicorn)", 0.0),
+        "web_alone_cpu_ms_web": lambda r: r["web_alone"]["cpu_ms_per_request"].get(WEB, 0.0),
         "web_alone_cpu_ms_postgresql": lambda r: r["web_alone"]["cpu_ms_per_request"].get(
             "postgresql (our database's backends)", 0.0
         ),
@@ -486,18 +485,18 @@ def summary(runs: list[dict]) -> dict[str, dict[str, float]]:
     return {name: summarise(found) for name, found in values.items() if found}
 
 
-def options_suffix(gunicorn_args: str) -> str:
-    """'--reuse-port --backlog 64' -> '-reuse-port-backlog-64', for the results' file names."""
-    words = re.findall(r"[A-Za-z0-9]+(?:[-_.][A-Za-z0-9]+)*", gunicorn_args)
+def options_suffix(web_args: str) -> str:
+    """'--workers 3 --backlog 256' -> '-workers-3-backlog-256', for the results' file names."""
+    words = re.findall(r"[A-Za-z0-9]+(?:[-_.][A-Za-z0-9]+)*", web_args)
     # Options with no word in them still must not write over the plain run's files.
-    return "".join(f"-{word}" for word in words) or ("-gunicorn-args" if gunicorn_args.strip() else "")
+    return "".join(f"-{word}" for word in words) or ("-web-args" if web_args.strip() else "")
 
 
 def write(result: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     # Its own files, so a run of the other connection pattern does not replace these.
     pattern = "-new-connections" if result["settings"].get("new_connections") else ""
-    pattern += options_suffix(result["settings"].get("gunicorn_args", ""))
+    pattern += options_suffix(result["settings"].get("web_args", ""))
     stem = RESULTS / f"subscribe-{result['settings']['requests']}{pattern}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     s, settings, host, code = result["summary"], result["settings"], result["machine"], result["code"]
@@ -514,7 +513,7 @@ def write(result: dict) -> None:
             f"{settings['requests']:,} posts per phase, {settings['runs']} run(s), {settings['connections']} "
             f"connections; {host['cpus']} CPUs, Python {host['python']}, PostgreSQL {host['postgresql']} "
             f"(synchronous_commit={host['synchronous_commit']}); load generator: {result['generator']}; "
-            f"sink: {result['sink']}; gunicorn {result['web']}; celery {result['worker']}; code "
+            f"sink: {result['sink']}; web: {result['web']}; celery {result['worker']}; code "
             f"{code['commit']}{' with uncommitted changes' if code['uncommitted_service_changes'] else ''}"
             f"{'' if result['same_code_in_every_run'] else ' (the code CHANGED between runs)'}",
             "",
@@ -536,7 +535,7 @@ def write(result: dict) -> None:
                 "worker alone: confirmations/s (queue drained after the posts)",
                 "worker_alone_confirmations_per_second",
             ),
-            row("web tier alone: CPU ms per post in gunicorn", "web_alone_cpu_ms_web", ".2f"),
+            row("web tier alone: CPU ms per post in the web server", "web_alone_cpu_ms_web", ".2f"),
             row(
                 "web tier alone: CPU ms per post in PostgreSQL (our backends)",
                 "web_alone_cpu_ms_postgresql",
@@ -550,7 +549,7 @@ def write(result: dict) -> None:
             ),
             row("web tier alone: CPU ms per post in the load generator", "web_alone_cpu_ms_generator", ".2f"),
             row("web tier alone: machine busy (% of all cores)", "web_alone_machine_busy_percent"),
-            row("web tier alone: the busiest gunicorn process's share of gunicorn's CPU (%; even: 100 / "
+            row("web tier alone: the busiest web process's share of the web server's CPU (%; even: 100 / "
                 "processes)", "web_alone_busiest_web_process_percent"),
             row(
                 "for scale: GET /healthz on the same server, requests/s (wrk, 5 s)",

@@ -1,5 +1,5 @@
 """CPU per POST /subscribe inside one process: the Flask app with Flask's test client, on a
-PostgreSQL database of its own and Redis (limiter and broker), no gunicorn, no load generator.
+PostgreSQL database of its own and Redis (limiter and broker), no web server, no load generator.
 
     .venv/bin/python -m bench.subscribe_cpu                    # 2,000 posts
     .venv/bin/python -m bench.subscribe_cpu --posts 500 --profile

@@ -1,5 +1,5 @@
-"""The processes of bench/subscribe.py: the SMTP sink, gunicorn and the Celery worker, started from the
-Procfile's own lines with the benchmark's environment."""
+"""The processes of bench/subscribe.py: the SMTP sink, the web server (granian) and the Celery worker,
+started from the Procfile's own lines with the benchmark's environment."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from bench.recording_sink import RecordingSink
 
 ROOT = Path(__file__).resolve().parent.parent
 PROCFILE = ROOT / "Procfile"
+WEB = "web (granian)"  # cpu_share's name for the web server's processes
 
 
 def environment(args: argparse.Namespace, smtp_port: int, http_port: int) -> dict[str, str]:
@@ -44,10 +45,13 @@ def environment(args: argparse.Namespace, smtp_port: int, http_port: int) -> dic
         "SUBSCRIBE_LIMIT_PER_IP": "100000000/minute;1000000000/hour",
         "SUBSCRIBE_LIMIT_PER_DOMAIN": "1000000000/hour",
         "PORT": str(http_port),
-        # gunicorn reads these itself, on top of the Procfile's line: options an operator may add.
-        # Always set, so one left in the caller's environment cannot change a run unrecorded.
-        "GUNICORN_CMD_ARGS": getattr(args, "gunicorn_args", ""),
     }
+
+
+def without_server_options(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` less granian's own GRANIAN_* settings, which it reads on top of the Procfile's line:
+    one left in the caller's environment must not change a run unrecorded (--web-args records them)."""
+    return {name: value for name, value in environ.items() if not name.startswith("GRANIAN_")}
 
 
 def procfile_command(process: str, env: Mapping[str, str]) -> list[str]:
@@ -64,16 +68,16 @@ def procfile_command(process: str, env: Mapping[str, str]) -> list[str]:
 
 
 class Stack:
-    """The sink, gunicorn and the Celery worker, each a subprocess with its log in a temporary folder."""
+    """The sink, the web server and the Celery worker, each a subprocess with its log in a temp folder."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.logs = Path(tempfile.mkdtemp(prefix="bench-subscribe-logs-"))
         self.sink = RecordingSink(free_port(), args.sink)
         self.http_port = free_port()
-        self.env = {**os.environ, **environment(args, self.sink.port, self.http_port)}
+        self.env = {**without_server_options(os.environ), **environment(args, self.sink.port, self.http_port)}
         self.url = f"http://127.0.0.1:{self.http_port}"
-        self.web_command = procfile_command("web", self.env)
+        self.web_command = procfile_command("web", self.env) + shlex.split(getattr(args, "web_args", ""))
         self.worker_command = procfile_command("worker", self.env)
         self.web: subprocess.Popen | None = None
         self.worker: subprocess.Popen | None = None
@@ -90,7 +94,7 @@ class Stack:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.web.poll() is not None:
-                raise RuntimeError(f"gunicorn exited:\n{self.tail('web.log')}")
+                raise RuntimeError(f"the web server exited:\n{self.tail('web.log')}")
             try:
                 with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as answer:
                     if answer.status == 200 and len(self.web_workers()) >= 1:
@@ -98,7 +102,7 @@ class Stack:
             except OSError:
                 pass
             time.sleep(0.2)
-        raise RuntimeError(f"gunicorn did not answer /healthz:\n{self.tail('web.log')}")
+        raise RuntimeError(f"the web server did not answer /healthz:\n{self.tail('web.log')}")
 
     def web_workers(self) -> list[psutil.Process]:
         assert self.web is not None
@@ -112,7 +116,7 @@ class Stack:
 
         def classify(process: psutil.Process) -> str | None:
             if process.pid in web:
-                return "web (gunicorn)"
+                return WEB
             if process.pid in worker:
                 return "worker (celery)"
             if process.pid == self.sink.process.pid:
@@ -166,7 +170,7 @@ def _tree(process: subprocess.Popen | None) -> list[psutil.Process]:
 
 
 def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM (warm shutdown for Celery, graceful for gunicorn), then SIGKILL after 30 s."""
+    """SIGTERM (warm shutdown for Celery, graceful for granian), then SIGKILL after 30 s."""
     process.terminate()
     try:
         process.wait(timeout=30)

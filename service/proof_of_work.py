@@ -82,7 +82,7 @@ class InMemoryUsedChallenges:
         self._expiry: dict[str, float] = {}
         # Ordered by expiry so forgetting is cheap however many are stored.
         self._queue: list[tuple[float, str]] = []
-        # Gunicorn's threaded workers may verify two payloads at once.
+        # The web server's threads may verify two payloads at once.
         self._lock = threading.Lock()
 
     def claim(self, challenge: str, ttl_seconds: int, now: float) -> bool:

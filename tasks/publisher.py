@@ -90,8 +90,8 @@ class BackgroundPublisher:
             if self._running_here():
                 return
             if self._owner_pid != os.getpid():
-                # A forked child (gunicorn's workers) inherits the object but not the thread,
-                # and the parent's queued ids are the parent's to publish.
+                # A forked child (a web server's worker, a Celery prefork process) inherits the
+                # object but not the thread, and the parent's queued ids are the parent's to publish.
                 self._ids = queue.SimpleQueue()
                 self._owner_pid = os.getpid()
                 atexit.register(self.close)

@@ -16,7 +16,8 @@ served uncounted: losing subscriptions would be worse than a pause in the limits
 Each thread counts on a Redis connection of its own, held for its lifetime: a
 connection taken from the client's pool and given back for every post cost a
 fifth of the count's CPU (a readiness poll of the socket, locks, bookkeeping).
-Gunicorn's threads live as long as their process; a server that starts a
+Granian's threads live until they sit idle for 30 s (--blocking-threads-idle-timeout),
+so under load a connection serves thousands of posts; a server that starts a
 thread per request (Flask's development server) opens a connection per post.
 """
 
