@@ -18,6 +18,7 @@ from service.tokens import TokenSigner
 from service.web.abuse import init_abuse_protection
 from service.web.challenge import init_proof_of_work
 from service.web.csrf import init_csrf
+from service.web.request_bodies import SizedBodies
 from service.web.security import add_security_headers
 from tasks import celery_init_app
 
@@ -43,6 +44,7 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     celery_init_app(app, settings)
 
     init_abuse_protection(app, settings)
+    app.wsgi_app = SizedBodies(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"])  # type: ignore[method-assign]
     if settings.TRUSTED_PROXY_HOPS:
         # Client IPs (for rate limits and consent records) from exactly this many proxies.
         hops = settings.TRUSTED_PROXY_HOPS

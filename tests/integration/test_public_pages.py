@@ -3,8 +3,10 @@
 No worker runs here: these tests read the rows the requests wrote.
 """
 
+import io
 import time
 from datetime import timedelta
+from urllib.parse import urlencode
 
 import pytest
 from flask import session, template_rendered
@@ -221,6 +223,31 @@ def test_a_huge_body_is_refused_with_413(client):
 def test_a_huge_json_body_is_refused_with_413(client):
     response = client.post("/subscribe", json={**FORM, "topics": ["marvel-news"] * 50_000})
     assert response.status_code == 413
+
+
+def _post_chunked(client, body: bytes):
+    """As a client that streams its body (Transfer-Encoding: chunked): no Content-Length."""
+    return client.post("/subscribe", input_stream=io.BytesIO(body),
+                       content_type="application/x-www-form-urlencoded",
+                       headers={"Transfer-Encoding": "chunked"},
+                       # As granian passes it: no length, and a stream that says where it ends.
+                       environ_overrides={"CONTENT_LENGTH": "", "wsgi.input_terminated": True})
+
+
+def test_a_chunked_form_is_read_like_a_sized_one(client):
+    response = _post_chunked(client, urlencode(FORM).encode())
+    assert response.status_code == 200
+    assert _count(Subscriber) == 1
+
+
+@pytest.mark.parametrize("name_bytes", [200_000, 3 * 1024 * 1024],
+                         ids=["over-the-form-limit", "over-the-app-limit"])
+def test_a_huge_chunked_body_is_refused_with_413(client, name_bytes):
+    # Without a declared length Werkzeug would read up to the app's limit and drop the rest.
+    response = _post_chunked(client, urlencode({**FORM, "name": "x" * name_bytes}).encode())
+    assert response.status_code == 413
+    assert "too large" in response.get_data(as_text=True)
+    assert _count(Subscriber) == 0
 
 
 def test_repeated_submits_keep_one_subscriber_and_one_queued_email(app, client):
