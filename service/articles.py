@@ -79,6 +79,9 @@ def canonical_url(raw: str) -> str:
     query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
                        if not _TRACKING_PARAMS.match(k)])
     host = parts.hostname.lower()
+    if "[" in host or "]" in host:
+        # urlsplit lets "[v1.[]" through as an IPvFuture literal, whose canonical form it then refuses.
+        raise ValueError("must be an absolute http(s) URL")
     host = f"[{host}]" if ":" in host else host  # IPv6 literals keep their brackets
     netloc = host + (f":{parts.port}" if parts.port else "")
     # Percent-encode what may not stand in a URL (spaces, quotes, angle brackets),

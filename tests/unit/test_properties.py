@@ -15,7 +15,7 @@ from email import message_from_bytes, policy
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from service.articles import _TRACKING_PARAMS, canonical_url, normalise_tag, normalise_tags
@@ -228,6 +228,7 @@ url_like = st.one_of(
 
 @settings(max_examples=500)
 @given(url_like)
+@example("http://[v1.[]/")  # found by CI: a bracket inside an IPvFuture host came back unbalanced
 def test_a_canonical_url_is_its_own_canonical_form(raw):
     try:
         canonical = canonical_url(raw)
