@@ -427,6 +427,7 @@ def main() -> None:
             runs.append(run_once(args, number))
         except LoadError as error:
             raise SystemExit(f"the load generator failed: {error}") from None
+    web = procfile_command("web", {**os.environ, "PORT": "<port>"})
     result = {
         "when": started.isoformat(timespec="seconds"),
         "machine": {**host, **database_facts(args.database_url)},
@@ -434,7 +435,7 @@ def main() -> None:
         "same_code_in_every_run": same_code(runs),
         "sink": runs[0]["sink"],
         "generator": runs[0]["whole_stack"]["generator"],
-        "web": " ".join([*procfile_command("web", {**os.environ, "PORT": "<port>"}), args.web_args]).strip(),
+        "web": " ".join([Path(web[0]).name, *web[1:], args.web_args]).strip(),
         "worker": " ".join(procfile_command("worker", os.environ)[1:]),
         "settings": {k: getattr(args, k)
                      for k in ("requests", "runs", "connections", "new_connections", "web_args",

@@ -4,6 +4,7 @@ started from the Procfile's own lines with the benchmark's environment."""
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import shlex
@@ -91,13 +92,21 @@ class Stack:
 
     def start_web(self) -> None:
         self.web = self._spawn(self.web_command, "web.log")
+        # The last --workers counts, as for granian's own option parser (--web-args come last).
+        workers = int([value for option, value in itertools.pairwise(self.web_command)
+                       if option == "--workers"][-1])
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.web.poll() is not None:
                 raise RuntimeError(f"the web server exited:\n{self.tail('web.log')}")
+            # Granian logs each worker's start once it has loaded the app; the first to answer
+            # /healthz may be alone yet.
+            if (self.logs / "web.log").read_text(errors="replace").count("Started worker-") < workers:
+                time.sleep(0.2)
+                continue
             try:
                 with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as answer:
-                    if answer.status == 200 and len(self.web_workers()) >= 1:
+                    if answer.status == 200:
                         return
             except OSError:
                 pass
