@@ -56,7 +56,7 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _post(url: str, body: bytes | Iterator[bytes], headers: dict[str, str]) -> tuple[int, str]:
+def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:
