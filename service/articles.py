@@ -79,15 +79,20 @@ def canonical_url(raw: str) -> str:
     query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
                        if not _TRACKING_PARAMS.match(k)])
     host = parts.hostname.lower()
-    if "[" in host or "]" in host:
-        # urlsplit lets "[v1.[]" through as an IPvFuture literal, whose canonical form it then refuses.
-        raise ValueError("must be an absolute http(s) URL")
-    host = f"[{host}]" if ":" in host else host  # IPv6 literals keep their brackets
+    bracketed = parts.netloc.rpartition("@")[2].startswith("[")
+    host = f"[{host}]" if bracketed else host  # IP literals keep their brackets
     netloc = host + (f":{parts.port}" if parts.port else "")
     # Percent-encode what may not stand in a URL (spaces, quotes, angle brackets),
     # keeping escapes that are already there.
     path = quote(parts.path or "/", safe="/%:@!$&'()*+,;=-._~")
-    return urlunsplit((parts.scheme.lower(), netloc, path, query, ""))
+    canonical = urlunsplit((parts.scheme.lower(), netloc, path, query, ""))
+    try:
+        # urlsplit checks only the first bracketed part of a netloc ("http://[::1]@[a:b]/"), and
+        # lets an IPvFuture literal hold anything ("[v1.[]"): the canonical form may not parse.
+        urlsplit(canonical).port  # noqa: B018 (parsing is the check)
+    except ValueError:
+        raise ValueError("must be an absolute http(s) URL") from None
+    return canonical
 
 
 def article_from_mapping(data: Mapping[str, Any]) -> ArticleInput:

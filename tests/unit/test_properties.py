@@ -229,6 +229,8 @@ url_like = st.one_of(
 @settings(max_examples=500)
 @given(url_like)
 @example("http://[v1.[]/")  # found by CI: a bracket inside an IPvFuture host came back unbalanced
+@example("http://[::1]@[a:b]/")  # urlsplit checks only the first bracketed part of the netloc
+@example("http://[v1.x]/")
 def test_a_canonical_url_is_its_own_canonical_form(raw):
     try:
         canonical = canonical_url(raw)
