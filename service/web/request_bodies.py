@@ -9,6 +9,13 @@ Werkzeug reads such a body up to the app's limit and quietly drops the rest.
 Read it here up to one byte past the app's limit instead, and pass on what was
 read with its length: a body over the limit then declares more than the limit
 and gets the same 413 as a sized one, and a smaller one is read as if sized.
+
+A body cut off by its sender cannot be told from a complete one under granian,
+which ends the stream where the bytes stop; the form's own checks then judge
+what arrived. Werkzeug's development server raises instead, answered as
+Werkzeug answers a disconnect (400). A client that sends slowly holds a thread
+while it does, as it would for a sized body: run the service behind a proxy
+that buffers request bodies.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ class SizedBodies:
             try:
                 body = read_at_most(environ["wsgi.input"], self.limit + 1)
             except (OSError, ValueError):
-                return ClientDisconnected()(environ, start_response)  # as Werkzeug would answer
+                return ClientDisconnected()(environ, start_response)  # the client is gone
             environ["wsgi.input"] = body
             environ["CONTENT_LENGTH"] = str(body.getbuffer().nbytes)
             # Werkzeug disregards CONTENT_LENGTH while the body is said to be chunked.

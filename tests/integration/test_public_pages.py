@@ -12,6 +12,7 @@ import pytest
 from flask import session, template_rendered
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from sqlalchemy import func, select
+from werkzeug.test import Client
 
 from service import tokens
 from service.extensions import db
@@ -225,26 +226,37 @@ def test_a_huge_json_body_is_refused_with_413(client):
     assert response.status_code == 413
 
 
-def _post_chunked(client, body: bytes):
-    """As a client that streams its body (Transfer-Encoding: chunked): no Content-Length."""
+def _post_without_length(app, body: bytes, *, chunked: bool):
+    """As granian passes a body its sender did not size: chunked HTTP/1.1 (Transfer-Encoding:
+    chunked), or HTTP/2 with no content-length (no header at all); no CONTENT_LENGTH either
+    way, and a stream that says where it ends."""
+    def as_the_server_passes_it(environ, start_response):
+        del environ["CONTENT_LENGTH"]  # the test client always sets one
+        if not chunked:
+            del environ["HTTP_TRANSFER_ENCODING"]
+        environ["wsgi.input_terminated"] = True
+        return app(environ, start_response)
+
+    client = Client(as_the_server_passes_it, app.response_class)
     return client.post("/subscribe", input_stream=io.BytesIO(body),
                        content_type="application/x-www-form-urlencoded",
-                       headers={"Transfer-Encoding": "chunked"},
-                       # As granian passes it: no length, and a stream that says where it ends.
-                       environ_overrides={"CONTENT_LENGTH": "", "wsgi.input_terminated": True})
+                       headers={"Transfer-Encoding": "chunked"})
 
 
-def test_a_chunked_form_is_read_like_a_sized_one(client):
-    response = _post_chunked(client, urlencode(FORM).encode())
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "http2-style"])
+def test_a_form_without_a_length_is_read_like_a_sized_one(app, chunked):
+    response = _post_without_length(app, urlencode(FORM).encode(), chunked=chunked)
     assert response.status_code == 200
     assert _count(Subscriber) == 1
 
 
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "http2-style"])
 @pytest.mark.parametrize("name_bytes", [200_000, 3 * 1024 * 1024],
                          ids=["over-the-form-limit", "over-the-app-limit"])
-def test_a_huge_chunked_body_is_refused_with_413(client, name_bytes):
+def test_a_huge_body_without_a_length_is_refused_with_413(app, name_bytes, chunked):
     # Without a declared length Werkzeug would read up to the app's limit and drop the rest.
-    response = _post_chunked(client, urlencode({**FORM, "name": "x" * name_bytes}).encode())
+    response = _post_without_length(app, urlencode({**FORM, "name": "x" * name_bytes}).encode(),
+                                    chunked=chunked)
     assert response.status_code == 413
     assert "too large" in response.get_data(as_text=True)
     assert _count(Subscriber) == 0
