@@ -4,7 +4,6 @@ started from the Procfile's own lines with the benchmark's environment."""
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import re
 import shlex
@@ -92,9 +91,7 @@ class Stack:
 
     def start_web(self) -> None:
         self.web = self._spawn(self.web_command, "web.log")
-        # The last --workers counts, as for granian's own option parser (--web-args come last).
-        workers = int([value for option, value in itertools.pairwise(self.web_command)
-                       if option == "--workers"][-1])
+        workers = web_workers(self.web_command)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.web.poll() is not None:
@@ -169,6 +166,16 @@ class Stack:
     def tail(self, name: str, lines: int = 30) -> str:
         path = self.logs / name
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
+def web_workers(command: list[str]) -> int:
+    """How many worker processes granian starts: the last --workers N or --workers=N (--web-args
+    come last, and the last counts, as for its option parser), else its default of 1."""
+    positions = [i for i, word in enumerate(command) if word == "--workers" or word.startswith("--workers=")]
+    if not positions:
+        return 1
+    last = command[positions[-1]]
+    return int(last.partition("=")[2] if "=" in last else command[positions[-1] + 1])
 
 
 def _tree(process: subprocess.Popen | None) -> list[psutil.Process]:
