@@ -7,39 +7,25 @@ body without a Content-Length reaches Werkzeug's size limit, and a clean stop.
 
 import contextlib
 import os
-import re
 import select
-import shlex
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
+from bench.subscribe_stack import procfile_command, web_workers
 from service.models import Subscriber
 from tests.conftest import PROJECT_ROOT, Stack
 
 pytestmark = pytest.mark.integration
-
-
-def procfile_web_command(port: int) -> list[str]:
-    """The Procfile's web line with ${PORT:-...} set and the other ${VAR:-default}s at their defaults."""
-    lines = (PROJECT_ROOT / "Procfile").read_text().splitlines()
-    line = next(line for line in lines if line.startswith("web:"))
-    command = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: str(port) if m[1] == "PORT" else m[2],
-                     line.partition(":")[2])
-    argv = shlex.split(command)
-    beside_python = Path(sys.executable).parent / argv[0]  # the virtualenv's own script
-    return [str(beside_python) if beside_python.exists() else argv[0], *argv[1:]]
 
 
 def _free_port() -> int:
@@ -70,8 +56,8 @@ def web_server(stack: Stack, app, tmp_path) -> Iterator[tuple[str, subprocess.Po
     if stack.name != "postgres":
         pytest.skip("the Procfile's web line runs on the production settings")
     port = _free_port()
-    command = procfile_web_command(port)
-    workers = int(command[command.index("--workers") + 1])
+    # The line with PORT set and every other ${VAR:-default} at its default, as the benchmark reads it.
+    command = procfile_command("web", {"PORT": str(port)})
     # Granian reads GRANIAN_* on top of the line: none of the caller's may change what is tested.
     env = {name: value for name, value in os.environ.items() if not name.startswith("GRANIAN_")}
     log_path = tmp_path / "web.log"
@@ -86,7 +72,7 @@ def web_server(stack: Stack, app, tmp_path) -> Iterator[tuple[str, subprocess.Po
             assert process.poll() is None, log_text
             # Every worker up, not just the first: granian leaves a worker that is still loading
             # the app when SIGTERM comes running until --workers-kill-timeout (docs/deployment.md).
-            if log_text.count("Started worker-") >= workers and _answers(f"{url}/healthz"):
+            if log_text.count("Started worker-") >= web_workers(command) and _answers(f"{url}/healthz"):
                 break
             assert time.monotonic() < deadline, log_text
             time.sleep(0.2)
