@@ -6,6 +6,7 @@ deployment that sends for real.
 
 from __future__ import annotations
 
+import re
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 
@@ -19,6 +20,8 @@ from service.models import CapturedEmail
 
 bp = Blueprint("outbox", __name__, url_prefix="/outbox")
 PAGE_SIZE = 100
+_HEAD_TAG = re.compile(r"<head\b[^>]*>", re.IGNORECASE)
+_LINKS_IN_A_TAB = '<base target="_blank">'
 
 
 @bp.get("/")
@@ -59,3 +62,19 @@ def outbox_raw(email_id: int) -> Response:
 def _body(message: EmailMessage, subtype: str) -> str:
     part = message.get_body(preferencelist=(subtype,))
     return part.get_content() if part is not None else ""
+
+
+@bp.app_template_filter("links_open_in_a_tab")
+def links_open_in_a_tab(html: str) -> str:
+    """An email's HTML for the outbox's sandboxed frame, every link opening a tab of its own.
+
+    The service's pages refuse to be framed (clickjacking), so a confirm link
+    followed inside the frame would show the browser's error instead of the
+    page. The frame's sandbox lets a new tab escape it; the stored mail is
+    left as it was sent.
+    """
+    if not html:
+        return html
+    head = _HEAD_TAG.search(html)
+    at = head.end() if head else 0
+    return html[:at] + _LINKS_IN_A_TAB + html[at:]
