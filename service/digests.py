@@ -40,6 +40,7 @@ from service.ledger_statistics import LedgerStatistics
 from service.mail.compose import digest_sections, render_digest
 from service.mail.rendering import RenderedEmail
 from service.models import (
+    LARGEST_ID,
     Article,
     Delivery,
     DeliveryKind,
@@ -318,7 +319,7 @@ def find_subscriber(session: Session, email: str | None = None, subscriber_id: i
     """Look a subscriber up by address (normalised as we store it) or by id."""
     if subscriber_id is not None:
         # Ids beyond the column's range cannot exist; the database would refuse the query.
-        return session.get(Subscriber, subscriber_id) if 0 < subscriber_id < 2**31 else None
+        return session.get(Subscriber, subscriber_id) if 0 < subscriber_id <= LARGEST_ID else None
     if email:
         return session.scalars(
             select(Subscriber).where(Subscriber.email == email.strip().lower())

@@ -29,6 +29,9 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from service.extensions import db
 
+# Every id is an INTEGER column: a larger number names no row, and the database refuses it in a query.
+LARGEST_ID = 2**31 - 1
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)

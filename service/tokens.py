@@ -19,6 +19,7 @@ from flask import current_app
 from itsdangerous import BadData, BadSignature, SignatureExpired
 from itsdangerous.encoding import base64_decode, base64_encode
 
+from service.models import LARGEST_ID
 from service.token_serializer import TokenSerializer
 
 
@@ -139,4 +140,6 @@ def _int_claim(claims: dict[str, Any], key: str) -> int:
     value = claims.get(key)
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidToken(f"claim {key!r} missing")
+    if not 0 <= value <= LARGEST_ID:  # no row has it, and the database would refuse the query
+        raise InvalidToken(f"claim {key!r} out of range")
     return value

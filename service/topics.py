@@ -62,7 +62,7 @@ def topic_changes_from_mapping(data: Mapping[str, Any], creating: bool) -> tuple
     elif not creating and "slug" in data:
         errors["slug"] = "cannot be changed; create a new topic instead"
     name = _optional_text(data, "name", 200, errors)
-    if creating and not name:
+    if (creating or name is not None) and not name:  # a topic without a name could not be shown on a form
         errors.setdefault("name", "is required")
     description = _optional_text(data, "description", 2000, errors)
     tags = data.get("tags")

@@ -107,8 +107,16 @@ def foreign_origin() -> str | None:
     """
     origin = request.headers.get("Origin")
     if origin is None and request.referrer:
-        parts = urlsplit(request.referrer)
-        origin = f"{parts.scheme}://{parts.netloc}" if parts.netloc else "null"
+        origin = _origin_of(request.referrer)
     if origin is None:
         return None
     return None if origin.lower() in allowed_origins() else origin
+
+
+def _origin_of(referrer: str) -> str:
+    """The origin of a Referer; "null" (no page of ours) when it has none or cannot be parsed."""
+    try:
+        parts = urlsplit(referrer)
+    except ValueError:  # e.g. an unclosed IPv6 bracket; no browser sends one
+        return "null"
+    return f"{parts.scheme}://{parts.netloc}" if parts.netloc else "null"

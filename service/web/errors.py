@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify, render_template
+from flask import Flask, Response, jsonify, render_template
+from flask.globals import request_ctx
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
@@ -28,6 +29,9 @@ def error_response(status: int, message: str | None = None, **extra: object):  #
     message = message or _FRIENDLY.get(status, "The request failed.")
     if wants_json():
         return jsonify({"error": message, **extra}), status
+    if request_ctx.url_adapter is None:
+        # The Host header could not be routed (werkzeug's BadHost), so the page's links cannot be built.
+        return Response(f"{message}\n", mimetype="text/plain"), status
     return render_template("error.html", status=status, message=message,
                            errors=extra.get("errors") or {}), status
 

@@ -47,6 +47,9 @@ def read_form(scalar_fields: Iterable[str], list_fields: Iterable[str]) -> Submi
     submitted = SubmittedForm()
     errors: dict[str, str] = {}
     for name, values in _raw_fields().items():
+        if not name:  # a multipart part without a name, or an empty one
+            errors["body"] = "Every field needs a name."
+            continue
         if name not in scalars | lists:
             errors[name[:100]] = "Unknown field."
             continue

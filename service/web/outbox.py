@@ -16,7 +16,7 @@ from sqlalchemy import select
 from service.config import get_settings
 from service.digests import find_subscriber, preview_digest
 from service.extensions import db
-from service.models import CapturedEmail
+from service.models import LARGEST_ID, CapturedEmail
 
 bp = Blueprint("outbox", __name__, url_prefix="/outbox")
 PAGE_SIZE = 100
@@ -32,7 +32,7 @@ def outbox_list() -> str:
     return render_template("outbox_list.html", emails=emails)
 
 
-@bp.get("/<int:email_id>")
+@bp.get(f"/<int(max={LARGEST_ID}):email_id>")
 def outbox_message(email_id: int) -> str:
     captured = db.session.get(CapturedEmail, email_id) or abort(404)
     parsed = message_from_bytes(captured.raw, policy=policy.default)
@@ -53,7 +53,7 @@ def digest_preview() -> str:
                            rendered=rendered)
 
 
-@bp.get("/<int:email_id>/raw")
+@bp.get(f"/<int(max={LARGEST_ID}):email_id>/raw")
 def outbox_raw(email_id: int) -> Response:
     captured = db.session.get(CapturedEmail, email_id) or abort(404)
     return Response(captured.raw, mimetype="text/plain", headers={"X-Content-Type-Options": "nosniff"})

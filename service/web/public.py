@@ -449,9 +449,13 @@ def consent_context(source: str, page_url: str | None = None) -> ConsentContext:
 
 def _allowed_redirect(url: str) -> str | None:
     """Only back to a configured publisher origin (or our own): no open redirect."""
-    if not url:
+    # Control characters (a CR/LF would split the Location header) mean it is not a page's URL.
+    if not url or not url.isprintable():
         return None
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         return None
     origin = f"{parts.scheme}://{parts.netloc}".lower()
