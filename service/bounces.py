@@ -39,7 +39,7 @@ from service.models import (
 )
 from service.pauses import pause_sending
 from service.subscriptions import unsubscribe
-from service.suppressions import address_hash, suppress, unsuppress
+from service.suppressions import address_hash, canonical_address, suppress, unsuppress
 from service.verp import delivery_id_from_verp, looks_like_verp
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def find_target(session: Session, settings: Settings, report: BounceReport,
         return BounceTarget(None, None, "unverified")
     if report.recipient:
         subscriber = session.scalars(select(Subscriber).where(
-            Subscriber.email == report.recipient.strip().lower())).one_or_none()
+            Subscriber.email == canonical_address(report.recipient))).one_or_none()
         if subscriber is not None:
             return BounceTarget(None, subscriber, "recipient")
     return BounceTarget(None, None, "nothing")
@@ -287,6 +287,6 @@ def lift_suppression(session: Session, email: str) -> bool:
     """Take the address off the list (an operator's decision) and forget its soft bounces,
     so the next one does not suppress it again at once. True if it was listed."""
     removed = unsuppress(session, email)
-    session.execute(update(Subscriber).where(Subscriber.email == email.strip().lower())
+    session.execute(update(Subscriber).where(Subscriber.email == canonical_address(email))
                     .values(soft_bounce_count=0).execution_options(synchronize_session=False))
     return removed

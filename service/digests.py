@@ -57,6 +57,7 @@ from service.models import (
     utcnow,
 )
 from service.schedule import current_period
+from service.suppressions import canonical_address
 
 
 @dataclass(frozen=True)
@@ -322,6 +323,6 @@ def find_subscriber(session: Session, email: str | None = None, subscriber_id: i
         return session.get(Subscriber, subscriber_id) if 0 < subscriber_id <= LARGEST_ID else None
     if email:
         return session.scalars(
-            select(Subscriber).where(Subscriber.email == email.strip().lower())
+            select(Subscriber).where(Subscriber.email == canonical_address(email))
         ).one_or_none()
     return None

@@ -78,6 +78,11 @@ def normalise_email(raw: str) -> str:
 
     Raises InvalidSubscription naming the ``email`` field. No DNS lookups: an
     address that is well-formed but undeliverable is found out by the bounce.
+
+    The form we store is the one we can send to: an internationalised domain in
+    its ASCII (IDNA) spelling, which every SMTP server takes. A local part
+    outside ASCII would need SMTPUTF8 from every server on the way, which we do
+    not ask for, so it is refused here rather than accepted and never mailed.
     """
     raw = raw.strip()
     if not raw:
@@ -85,10 +90,10 @@ def normalise_email(raw: str) -> str:
     if len(raw) > MAX_EMAIL_LENGTH:
         raise InvalidSubscription({"email": "That email address is too long."})
     try:
-        result = validate_email(raw, check_deliverability=False)
+        result = validate_email(raw, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as error:
         raise InvalidSubscription({"email": f"That is not a valid email address: {error}"}) from None
-    return result.normalized.lower()
+    return result.ascii_email.lower()
 
 
 def active_topics(session: Session) -> list[Topic]:

@@ -7,10 +7,12 @@ is checked right before every send.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Iterable
 from datetime import datetime
 
+from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -19,9 +21,23 @@ from service.models import Subscriber, Suppression, SuppressionReason, utcnow
 from service.value_lists import among
 
 
+def canonical_address(email: str) -> str:
+    """An address in the form we store it: trimmed, lower-case, an international domain in ASCII.
+
+    Lenient where ``subscriptions.normalise_email`` is strict: for lookups and
+    hashes, so "reader@bücher.example" finds the reader stored as
+    "reader@xn--bcher-kva.example", and text that is no address is only trimmed.
+    """
+    email = email.strip()
+    if not email.isascii():
+        with contextlib.suppress(EmailNotValidError):
+            email = validate_email(email, check_deliverability=False).ascii_email or email
+    return email.lower()
+
+
 def address_hash(email: str) -> str:
-    """The hash we store for an address: of its normalised (trimmed, lower-case) form."""
-    return hashlib.sha256(email.strip().lower().encode("utf-8")).hexdigest()
+    """The hash we store for an address: of its canonical form."""
+    return hashlib.sha256(canonical_address(email).encode("utf-8")).hexdigest()
 
 
 def is_suppressed(session: Session, email: str) -> bool:
@@ -74,7 +90,7 @@ def unsuppress(session: Session, email: str) -> bool:
 
 def _mark_subscriber(session: Session, email: str, suppressed_at: datetime | None) -> None:
     session.execute(
-        update(Subscriber).where(Subscriber.email == email.strip().lower())
+        update(Subscriber).where(Subscriber.email == canonical_address(email))
         .values(suppressed_at=suppressed_at)
         .execution_options(synchronize_session="fetch")
     )

@@ -16,6 +16,7 @@ from flask import Flask, current_app, jsonify, render_template, request
 from itsdangerous import BadSignature, TimestampSigner
 
 from service.config import Settings, get_settings
+from service.suppressions import canonical_address
 from service.web.input_guard import cannot_store
 from service.web.rate_limits import Refusal, SubscribeLimits
 
@@ -48,7 +49,7 @@ def _form_email() -> str:
         raw = request.form.get("email")
     if not isinstance(raw, str) or cannot_store(raw):
         return ""  # read_form refuses it next; a lone surrogate cannot even be a Redis key
-    return raw.strip().lower()
+    return canonical_address(raw)  # both spellings of an international domain count as one
 
 
 def count_subscription_post() -> Refusal | None:

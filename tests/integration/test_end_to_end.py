@@ -78,6 +78,27 @@ def test_subscribe_confirm_and_unsubscribe_through_the_mail_that_arrived(client,
     assert client.get(_path(mail.link("preferences"))).status_code == 200
 
 
+def test_an_address_at_an_international_domain_gets_its_confirmation(client, smtp, worker):
+    # Stored as typed, it failed to compose (a non-ASCII To header) and the reader never heard from us.
+    response = client.post("/subscribe", data={**FORM, "email": "Sharon@Bücher.example"})
+    assert response.status_code == 200
+    [mail] = smtp.wait_for("sharon@xn--bcher-kva.example")
+    assert mail.message["To"] == "sharon@xn--bcher-kva.example"
+    assert submit(client, _path(mail.link("confirm"))).status_code == 200
+    db.session.rollback()
+    stored = db.session.scalars(select(Subscriber).where(Subscriber.email.like("sharon@%"))).one()
+    assert (stored.email, stored.status) == ("sharon@xn--bcher-kva.example", SubscriberStatus.CONFIRMED)
+
+
+def test_an_address_that_needs_smtputf8_is_refused_at_the_form(client, smtp):
+    response = client.post("/subscribe", data={**FORM, "email": "jürgen@example.com"},
+                           headers={"Accept": "application/json"})
+    assert response.status_code == 422
+    assert "before the @-sign" in response.json["errors"]["email"]
+    db.session.rollback()
+    assert db.session.scalars(select(Subscriber)).all() == []
+
+
 def test_coming_back_sends_a_new_link_and_the_old_one_stays_dead(client, smtp, worker):
     client.post("/subscribe", data=FORM)
     [first] = smtp.wait_for(EMAIL)

@@ -34,6 +34,7 @@ from service.subscriptions import (
     unsubscribe,
     update_preferences,
 )
+from service.suppressions import address_hash, canonical_address
 
 
 def _subscribe(session, email="reader@example.com", topics=("marvel-news",), **fields):
@@ -124,8 +125,23 @@ def test_every_bad_field_is_reported_at_once(session):
     assert set(caught.value.errors) == {"email", "topics", "frequency"}
 
 
-def test_normalise_email_keeps_international_domains():
-    assert normalise_email("Reader@Bücher.example") == "reader@bücher.example"
+def test_an_international_domain_is_stored_in_the_ascii_spelling_smtp_takes():
+    assert normalise_email("Reader@Bücher.example") == "reader@xn--bcher-kva.example"
+    assert normalise_email("reader@xn--BCHER-kva.example") == "reader@xn--bcher-kva.example"
+
+
+def test_lookups_and_hashes_find_an_international_domain_in_either_spelling():
+    assert canonical_address(" Reader@Bücher.example ") == "reader@xn--bcher-kva.example"
+    assert address_hash("reader@bücher.example") == address_hash("READER@xn--bcher-kva.example")
+    assert canonical_address(" Not An Address ") == "not an address"  # lookups only trim text that is none
+
+
+@pytest.mark.parametrize("address", ["jürgen@example.com", "用户@例子.广告", "🦸@example.com"])
+def test_a_local_part_outside_ascii_is_refused_not_stored_undeliverable(address):
+    # Sending to it needs SMTPUTF8 from every server on the way; we would store it and never mail it.
+    with pytest.raises(InvalidSubscription) as caught:
+        normalise_email(address)
+    assert "before the @-sign" in caught.value.errors["email"]
 
 
 def test_confirming_confirms_the_reader_and_every_pending_topic(session):
