@@ -47,7 +47,7 @@ def read_form(scalar_fields: Iterable[str], list_fields: Iterable[str]) -> Submi
     submitted = SubmittedForm()
     errors: dict[str, str] = {}
     for name, values in _raw_fields().items():
-        if not name:  # a multipart part without a name, or an empty one
+        if name is None:  # a multipart part without a name; an empty name is an unknown field, below
             errors["body"] = "Every field needs a name."
             continue
         if name not in scalars | lists:
