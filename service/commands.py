@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from urllib.parse import urlsplit
 
 import click
 import flask_migrate
@@ -22,6 +23,19 @@ from service.feed_commands import register_feed_commands
 from service.privacy_commands import register_privacy_commands
 from service.topics import seed_demo_topics
 from tasks.delivery import sweep_stalled_deliveries
+
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})
+
+
+def links_miss_this_server(public_base_url: str, port: int) -> bool:
+    """PUBLIC_BASE_URL names this machine on another port than the one `newsletter dev` serves.
+
+    A public host name is left alone: a proxy in front may well forward it here.
+    """
+    parts = urlsplit(public_base_url)
+    if parts.hostname not in LOCAL_HOSTS:
+        return False
+    return (parts.port or (443 if parts.scheme == "https" else 80)) != port
 
 
 def register_commands(app: Flask) -> None:
@@ -57,7 +71,7 @@ def sweep_command() -> None:
 @click.command("dev")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True,
-              help="Set PUBLIC_BASE_URL too if you change this, so links in emails match.")
+              help="Set PUBLIC_BASE_URL too if you change this, so links in emails match (warned if not).")
 @with_appcontext
 def dev_command(host: str, port: int) -> None:
     """Run everything on one machine: migrations, web server, worker and beat."""
@@ -77,6 +91,9 @@ def dev_command(host: str, port: int) -> None:
     if settings.uses_outbox:
         click.echo(f"  Outbox:          {base}/outbox   (mail is stored here, not sent)")
     click.echo(f"  Database:        {settings.DATABASE_URL}\n")
+    if links_miss_this_server(base, port):
+        click.echo(f"  Warning: links in emails point at {base}, but this server listens on port {port}.\n"
+                   f"  Set PUBLIC_BASE_URL=http://127.0.0.1:{port} so they reach it.\n", err=True)
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     # Stop the worker too when we are asked to stop, not only on Ctrl+C.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
