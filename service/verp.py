@@ -13,7 +13,11 @@ import hmac
 import re
 from collections.abc import Sequence
 
-_VERP = re.compile(r"^(?P<local>[^+@]+)\+d(?P<id>\d+)-(?P<sig>[0-9a-f]{10})@(?P<domain>.+)$", re.IGNORECASE)
+from service.models import LARGEST_ID
+
+# At most 10 digits: an id column holds no more, and int() refuses a string of over 4,300 digits.
+_VERP = re.compile(r"^(?P<local>[^+@]+)\+d(?P<id>\d{1,10})-(?P<sig>[0-9a-f]{10})@(?P<domain>.+)$",
+                   re.IGNORECASE)
 
 
 def verp_address(bounce_address: str, delivery_id: int, secret_key: str) -> str:
@@ -33,6 +37,8 @@ def delivery_id_from_verp(address: str, bounce_address: str, secret_keys: Sequen
     if match is None:
         return None
     delivery_id = int(match["id"])
+    if delivery_id > LARGEST_ID:  # no delivery has it; the database would refuse the query
+        return None
     signature = match["sig"].lower()
     if any(hmac.compare_digest(signature, _signature(delivery_id, key)) for key in secret_keys):
         return delivery_id

@@ -37,3 +37,14 @@ def test_an_address_looks_like_verp_by_its_shape_whatever_its_signature():
     assert not looks_like_verp("bounces@news.example.com", "bounces@news.example.com")
     assert not looks_like_verp("bounces+list@news.example.com", "bounces@news.example.com")
     assert not looks_like_verp("reader@example.org", "bounces@news.example.com")
+
+
+def test_an_id_no_delivery_can_have_names_nothing_and_raises_nothing():
+    # A bounce's headers are anyone's to write; int() refuses over 4,300 digits with ValueError.
+    for digits in ("9" * 5000, str(2**31), "12345678901"):
+        address = f"bounces+d{digits}-0123456789@news.example.com"
+        assert delivery_id_from_verp(address, "bounces@news.example.com", [KEY]) is None
+    genuine_but_too_large = verp_address("bounces@news.example.com", 2**31, KEY)  # only SECRET_KEY makes one
+    assert delivery_id_from_verp(genuine_but_too_large, "bounces@news.example.com", [KEY]) is None
+    largest = verp_address("bounces@news.example.com", 2**31 - 1, KEY)
+    assert delivery_id_from_verp(largest, "bounces@news.example.com", [KEY]) == 2**31 - 1
