@@ -35,7 +35,11 @@ def links_miss_this_server(public_base_url: str, port: int) -> bool:
     parts = urlsplit(public_base_url)
     if parts.hostname not in LOCAL_HOSTS:
         return False
-    return (parts.port or (443 if parts.scheme == "https" else 80)) != port
+    try:
+        named_port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # a port that is no number, or out of range: no link reaches any server
+        return True
+    return named_port != port
 
 
 def register_commands(app: Flask) -> None:
@@ -81,19 +85,19 @@ def dev_command(host: str, port: int) -> None:
     if settings.SEED_DEMO_TOPICS and seed_demo_topics(db.session):
         db.session.commit()
         click.echo("created the demo topics")
+    base = settings.PUBLIC_BASE_URL
+    if links_miss_this_server(base, port):
+        click.echo(f"  Warning: links in emails point at {base}, but this server listens on port {port}.\n"
+                   f"  Set PUBLIC_BASE_URL=http://127.0.0.1:{port} so they reach it.\n", err=True)
     schedule = settings.INSTANCE_PATH / "celerybeat-schedule"
     worker = subprocess.Popen([
         sys.executable, "-m", "celery", "-A", "tasks.worker", "worker", "--beat",
         "--pool=solo", "--loglevel=INFO", f"--schedule={schedule}",
     ])
-    base = settings.PUBLIC_BASE_URL
     click.echo(f"\n  Subscribe form:  {base}/subscribe")
     if settings.uses_outbox:
         click.echo(f"  Outbox:          {base}/outbox   (mail is stored here, not sent)")
     click.echo(f"  Database:        {settings.DATABASE_URL}\n")
-    if links_miss_this_server(base, port):
-        click.echo(f"  Warning: links in emails point at {base}, but this server listens on port {port}.\n"
-                   f"  Set PUBLIC_BASE_URL=http://127.0.0.1:{port} so they reach it.\n", err=True)
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     # Stop the worker too when we are asked to stop, not only on Ctrl+C.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))

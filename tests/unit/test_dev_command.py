@@ -16,3 +16,8 @@ from service.commands import links_miss_this_server
 ])
 def test_links_miss_this_server(public_base_url, port, missed):
     assert links_miss_this_server(public_base_url, port) is missed
+
+
+@pytest.mark.parametrize("public_base_url", ["http://127.0.0.1:abc", "http://127.0.0.1:99999"])
+def test_a_port_no_link_can_reach_is_a_miss_not_a_crash(public_base_url):
+    assert links_miss_this_server(public_base_url, 5000) is True
