@@ -107,7 +107,9 @@ def create_topic(session: Session, slug: str, changes: TopicChanges) -> Topic:
 
 def update_topic(session: Session, topic: Topic, changes: TopicChanges) -> Topic:
     if changes.name is not None:
-        topic.name = changes.name
+        if not changes.name.strip():  # the shell's commands reach here without the API's field checks
+            raise InvalidTopic({"name": "is required"})
+        topic.name = changes.name.strip()
     if changes.description is not None:
         topic.description = changes.description
     if changes.default_frequency is not None:

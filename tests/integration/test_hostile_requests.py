@@ -123,3 +123,11 @@ def test_a_topic_cannot_be_renamed_to_nothing(web):
     assert response.status_code == 422
     assert response.json["errors"] == {"name": "is required"}
     assert web.get("/api/v1/topics/marvel-news", headers=AUTH).json["name"] == "Marvel News"
+
+
+def test_the_shell_cannot_blank_a_topic_name_either(service, web):
+    runner = service.test_cli_runner()
+    assert runner.invoke(args=["topics", "update", "marvel-news", "--name", "   "]).exit_code != 0
+    assert runner.invoke(args=["topics", "create", "blank-topic", "  "]).exit_code != 0
+    topics = {t["slug"]: t["name"] for t in web.get("/api/v1/topics", headers=AUTH).json["topics"]}
+    assert topics["marvel-news"] == "Marvel News" and "blank-topic" not in topics
