@@ -30,8 +30,7 @@ from service.config import get_settings
 from service.extensions import db
 from service.models import SuppressionReason
 from service.pauses import open_pause, pause_sending, resume_sending
-from service.subscriptions import InvalidSubscription, normalise_email
-from service.suppressions import suppress
+from service.suppressions import canonical_address, suppress
 
 EX_TEMPFAIL = 75
 
@@ -138,7 +137,9 @@ def check_command(email: str) -> None:
 
 
 def _address(email: str) -> str:
-    try:
-        return normalise_email(email)
-    except InvalidSubscription as invalid:
-        raise click.BadParameter(invalid.errors["email"], param_hint="EMAIL") from None
+    # Lenient, as lookups are: readers stored before the form's checks tightened (a local part
+    # outside ASCII) must still be suppressible, and findable by either spelling of their domain.
+    address = canonical_address(email)
+    if "@" not in address.strip("@"):
+        raise click.BadParameter("not an email address", param_hint="EMAIL")
+    return address

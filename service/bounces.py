@@ -39,7 +39,7 @@ from service.models import (
 )
 from service.pauses import pause_sending
 from service.subscriptions import unsubscribe
-from service.suppressions import address_hash, canonical_address, suppress, unsuppress
+from service.suppressions import address_hash, canonical_address, suppress, suppression_of, unsuppress
 from service.verp import delivery_id_from_verp, looks_like_verp
 
 log = logging.getLogger(__name__)
@@ -279,8 +279,7 @@ def _hold(session: Session, delivery: Delivery | None, subscriber: Subscriber | 
 
 def find_suppression(session: Session, email: str) -> Suppression | None:
     """The suppression entry of this address, if it has one."""
-    return session.scalars(select(Suppression).where(Suppression.email_hash == address_hash(email))
-                           ).one_or_none()
+    return suppression_of(session, email)
 
 
 def lift_suppression(session: Session, email: str) -> bool:

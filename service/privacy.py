@@ -28,12 +28,11 @@ from service.models import (
     DigestItem,
     Subscriber,
     Subscription,
-    Suppression,
     SuppressionReason,
     Topic,
     utcnow,
 )
-from service.suppressions import address_hash, suppress
+from service.suppressions import address_hash, suppress, suppression_of
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +55,7 @@ def export_subscriber(session: Session, subscriber_id: int) -> dict[str, Any]:
     if subscriber is None:
         raise NotFound("no such subscriber")
     digest = address_hash(subscriber.email)
-    suppression = session.scalars(select(Suppression).where(Suppression.email_hash == digest)).one_or_none()
+    suppression = suppression_of(session, subscriber.email)
     return {
         "about": ABOUT,
         "generated_at": _iso(utcnow()),

@@ -37,18 +37,42 @@ def canonical_address(email: str) -> str:
 
 def address_hash(email: str) -> str:
     """The hash we store for an address: of its canonical form."""
-    return hashlib.sha256(canonical_address(email).encode("utf-8")).hexdigest()
+    return _sha256(canonical_address(email))
+
+
+def address_hashes(email: str) -> list[str]:
+    """Every hash an entry for this address may have: the canonical one first.
+
+    Until migration 0007, an international domain was stored, and hashed, in
+    Unicode. Hashes cannot be rewritten (an erased reader's address is gone),
+    so entries made then are found under that spelling too.
+    """
+    address = canonical_address(email)
+    hashes = [_sha256(address)]
+    if "xn--" in address:
+        with contextlib.suppress(EmailNotValidError):
+            unicode_spelling = validate_email(address, check_deliverability=False).normalized.lower()
+            if unicode_spelling != address:
+                hashes.append(_sha256(unicode_spelling))
+    return hashes
+
+
+def suppression_of(session: Session, email: str) -> Suppression | None:
+    """The entry of this address, if it has one."""
+    entries = {entry.email_hash: entry for entry in session.scalars(
+        select(Suppression).where(Suppression.email_hash.in_(address_hashes(email))))}
+    return next((entries[digest] for digest in address_hashes(email) if digest in entries), None)
 
 
 def is_suppressed(session: Session, email: str) -> bool:
     return session.scalar(
-        select(Suppression.id).where(Suppression.email_hash == address_hash(email))
+        select(Suppression.id).where(Suppression.email_hash.in_(address_hashes(email))).limit(1)
     ) is not None
 
 
 def suppressed_addresses(session: Session, emails: Iterable[str]) -> set[str]:
     """Those of ``emails`` that are on the list, in one query."""
-    by_hash = {address_hash(email): email for email in emails}
+    by_hash = {digest: email for email in emails for digest in address_hashes(email)}
     if not by_hash:
         return set()
     found = session.scalars(
@@ -64,7 +88,7 @@ def suppress(session: Session, email: str, reason: SuppressionReason, detail: st
     """
     _mark_subscriber(session, email, utcnow())
     digest = address_hash(email)
-    existing = session.scalars(select(Suppression).where(Suppression.email_hash == digest)).one_or_none()
+    existing = suppression_of(session, email)
     if existing is not None:
         return existing
     entry = Suppression(email_hash=digest, reason=reason, detail=detail)
@@ -78,14 +102,12 @@ def suppress(session: Session, email: str, reason: SuppressionReason, detail: st
 
 def unsuppress(session: Session, email: str) -> bool:
     """Remove the address from the list (an operator's decision); True if it was there."""
-    entry = session.scalars(
-        select(Suppression).where(Suppression.email_hash == address_hash(email))
-    ).one_or_none()
+    entries = session.scalars(
+        select(Suppression).where(Suppression.email_hash.in_(address_hashes(email)))).all()
     _mark_subscriber(session, email, None)
-    if entry is None:
-        return False
-    session.delete(entry)
-    return True
+    for entry in entries:
+        session.delete(entry)
+    return bool(entries)
 
 
 def _mark_subscriber(session: Session, email: str, suppressed_at: datetime | None) -> None:
@@ -94,3 +116,7 @@ def _mark_subscriber(session: Session, email: str, suppressed_at: datetime | Non
         .values(suppressed_at=suppressed_at)
         .execution_options(synchronize_session="fetch")
     )
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -1,6 +1,7 @@
 """Bounces and complaints, from the report to the suppression list, the webhook and the CLI."""
 
 import dataclasses
+import hashlib
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -25,11 +26,12 @@ from service.models import (
     Subscriber,
     SubscriberStatus,
     SubscriptionStatus,
+    Suppression,
     SuppressionReason,
 )
 from service.pauses import open_pause, resume_sending
 from service.subscriptions import ConfirmationPolicy, SubscriptionRequest, confirm_subscription, subscribe
-from service.suppressions import address_hash, is_suppressed
+from service.suppressions import address_hash, is_suppressed, suppress, suppressed_addresses
 from service.web import bounce_webhook
 from tests.bounce_messages import arf, dsn, recipient
 
@@ -544,6 +546,31 @@ def test_suppressions_can_be_added_checked_and_removed_from_the_cli(bounce_app, 
     assert not is_suppressed(bounce_session, EMAIL)
     refused = runner.invoke(args=["suppressions", "add", "not an address"])
     assert refused.exit_code == 2
+
+
+def test_the_cli_takes_any_stored_address_and_either_spelling_of_a_domain(bounce_app, bounce_session):
+    runner = bounce_app.test_cli_runner()
+    # The form now refuses a local part outside ASCII, but readers stored before must stay suppressible.
+    assert runner.invoke(args=["suppressions", "add", "josé@example.com"]).exit_code == 0
+    assert is_suppressed(bounce_session, "josé@example.com")
+    assert runner.invoke(args=["suppressions", "add", "Reader@Bücher.example"]).exit_code == 0
+    assert "manual" in runner.invoke(args=["suppressions", "check", "reader@xn--bcher-kva.example"]).output
+
+
+def test_a_suppression_hashed_under_the_old_unicode_spelling_still_holds(bounce_app, bounce_session):
+    # Before migration 0007 an international domain was stored and hashed in Unicode, and
+    # a hash cannot be rewritten: an erased reader's address is gone.
+    unicode_hash = hashlib.sha256("reader@bücher.example".encode()).hexdigest()
+    bounce_session.add(Suppression(email_hash=unicode_hash, reason=SuppressionReason.ERASED))
+    bounce_session.commit()
+    ascii_spelling = "reader@xn--bcher-kva.example"
+    assert is_suppressed(bounce_session, ascii_spelling)
+    assert suppressed_addresses(bounce_session, [ascii_spelling, EMAIL]) == {ascii_spelling}
+    assert find_suppression(bounce_session, ascii_spelling).reason == SuppressionReason.ERASED
+    assert suppress(bounce_session, ascii_spelling, SuppressionReason.MANUAL).email_hash == unicode_hash
+    runner = bounce_app.test_cli_runner()
+    assert "removed" in runner.invoke(args=["suppressions", "remove", "Reader@Bücher.example"]).output
+    assert not is_suppressed(bounce_session, ascii_spelling)
 
 
 def test_lifting_a_suppression_forgets_the_soft_bounces(bounce_app, bounce_session):

@@ -45,3 +45,25 @@ def test_migrations_go_up_down_and_up_again_and_match_the_models(fresh_app):
             assert set(sa.inspect(connection).get_table_names()) <= {"alembic_version"}
         flask_migrate.upgrade()
     assert _schema_differences(fresh_app) == []
+
+
+def test_0007_rewrites_international_domains_to_the_spelling_we_now_store(fresh_app):
+    stored_before = {
+        1: "reader@bücher.example",  # rewritten
+        2: "jürgen@example.com",  # a local part outside ASCII: no ASCII spelling, left alone
+        3: "peggy@example.com",  # ASCII already
+        4: "again@bücher.example",  # its ASCII spelling exists (signed up again): left alone
+        5: "again@xn--bcher-kva.example",
+    }
+    with fresh_app.app_context():
+        flask_migrate.upgrade(revision="0006")
+        with db.engine.begin() as connection:
+            for subscriber_id, email in stored_before.items():
+                connection.execute(sa.text(
+                    "INSERT INTO subscribers (id, email, frequency, status, token_epoch, created_at) "
+                    "VALUES (:id, :email, 'weekly', 'pending', 1, CURRENT_TIMESTAMP)"),
+                    {"id": subscriber_id, "email": email})
+        flask_migrate.upgrade()
+        with db.engine.connect() as connection:
+            after = dict(connection.execute(sa.text("SELECT id, email FROM subscribers")).all())
+    assert after == {**stored_before, 1: "reader@xn--bcher-kva.example"}
