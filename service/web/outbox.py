@@ -20,7 +20,10 @@ from service.models import LARGEST_ID, CapturedEmail
 
 bp = Blueprint("outbox", __name__, url_prefix="/outbox")
 PAGE_SIZE = 100
-_HEAD_TAG = re.compile(r"<head\b[^>]*>", re.IGNORECASE)
+# Where <base> may go: after <head>, else after <html> or the doctype (the parser then opens the
+# head itself), so a mail without a <head> is not thrown into quirks mode by a tag before its doctype.
+_OPENING_TAGS = [re.compile(pattern, re.IGNORECASE) for pattern in
+                 (r"<head\b[^>]*>", r"<html\b[^>]*>", r"<!doctype\b[^>]*>")]
 _LINKS_IN_A_TAB = '<base target="_blank">'
 
 
@@ -75,6 +78,6 @@ def links_open_in_a_tab(html: str) -> str:
     """
     if not html:
         return html
-    head = _HEAD_TAG.search(html)
-    at = head.end() if head else 0
+    found = next((match for tag in _OPENING_TAGS if (match := tag.search(html))), None)
+    at = found.end() if found else 0
     return html[:at] + _LINKS_IN_A_TAB + html[at:]
