@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -238,6 +239,17 @@ class WorkerProcess:
 
 
 _workers: dict[str, WorkerProcess] = {}
+
+
+@contextmanager
+def another_app(stack: Stack, **overrides: str) -> Iterator[Flask]:
+    """Another app on the stack's database with some settings changed, inside its context;
+    its session rolled back and its connections closed afterwards."""
+    served = stack.make_app(**overrides)
+    with served.app_context():
+        yield served
+        db.session.rollback()
+        db.engine.dispose()
 
 
 def stop_shared_worker(stack: Stack) -> None:

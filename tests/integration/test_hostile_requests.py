@@ -11,7 +11,7 @@ from sqlalchemy import select
 from service.extensions import db
 from service.models import Subscriber
 from service.tokens import TokenPurpose, signer
-from tests.conftest import PUBLIC_BASE_URL
+from tests.conftest import PUBLIC_BASE_URL, another_app
 
 pytestmark = pytest.mark.integration
 TOKEN = "admin-token-for-tests-0123456789"
@@ -24,11 +24,8 @@ DEEP_JSON = "[" * 5000 + "]" * 5000  # past Python's recursion limit, under the 
 @pytest.fixture
 def service(stack, app):
     """The app with the admin API open and, with no SMTP_HOST, the embedded outbox."""
-    served = stack.make_app(ADMIN_API_TOKEN=TOKEN, SMTP_HOST="")
-    with served.app_context():
+    with another_app(stack, ADMIN_API_TOKEN=TOKEN, SMTP_HOST="") as served:
         yield served
-        db.session.rollback()
-        db.engine.dispose()
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ from service.models import (
 from service.privacy import erase_subscriber, export_subscriber
 from service.suppressions import address_hash
 from tests.bounce_messages import dsn, recipient
-from tests.conftest import stop_shared_worker
+from tests.conftest import another_app, stop_shared_worker
 from tests.forms import form_of, submit
 
 pytestmark = pytest.mark.integration
@@ -64,11 +64,8 @@ def privacy_app(stack, app):
     stack's shared worker, if an earlier test started it, must not take the tasks.
     """
     stop_shared_worker(stack)
-    privacy_app = stack.make_app(ADMIN_API_TOKEN=TOKEN, PUBLISHER_ORIGINS=PUBLISHER)
-    with privacy_app.app_context():
+    with another_app(stack, ADMIN_API_TOKEN=TOKEN, PUBLISHER_ORIGINS=PUBLISHER) as privacy_app:
         yield privacy_app
-        db.session.rollback()
-        db.engine.dispose()
 
 
 @pytest.fixture
