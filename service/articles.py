@@ -32,6 +32,8 @@ MAX_EXTERNAL_ID = 500
 MAX_TAGS = 50
 MAX_TAG_LENGTH = 200
 _TRACKING_PARAMS = re.compile(r"^(utm_[a-z]+|fbclid|gclid|mc_cid|mc_eid)$", re.IGNORECASE)
+# A DNS name (or IPv4 address) as browsers resolve it: labels of letters, digits, '-' and '_'.
+_HOST_NAME = re.compile(r"[a-z0-9_-]{1,63}(\.[a-z0-9_-]{1,63})*\.?")
 
 
 class InvalidArticle(InvalidInput):
@@ -80,6 +82,9 @@ def canonical_url(raw: str) -> str:
                        if not _TRACKING_PARAMS.match(k)])
     host = parts.hostname.lower()
     bracketed = parts.netloc.rpartition("@")[2].startswith("[")
+    if not bracketed and not _is_host_name(host):
+        # urlsplit takes any text for a host ("ex ample.com", "%ff"); no reader could follow the link.
+        raise ValueError("must be an absolute http(s) URL with a valid host name")
     host = f"[{host}]" if bracketed else host  # IP literals keep their brackets
     netloc = host + (f":{parts.port}" if parts.port else "")
     # Percent-encode what may not stand in a URL (spaces, quotes, angle brackets),
@@ -93,6 +98,14 @@ def canonical_url(raw: str) -> str:
     except ValueError:
         raise ValueError("must be an absolute http(s) URL") from None
     return canonical
+
+
+def _is_host_name(host: str) -> bool:
+    try:  # an international name is checked in the ASCII spelling DNS uses, and kept as given
+        ascii_host = host if host.isascii() else host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return False
+    return len(ascii_host) <= 253 and _HOST_NAME.fullmatch(ascii_host) is not None
 
 
 def article_from_mapping(data: Mapping[str, Any]) -> ArticleInput:

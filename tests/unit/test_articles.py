@@ -49,6 +49,20 @@ def test_only_absolute_http_urls_are_accepted(raw):
         canonical_url(raw)
 
 
+@pytest.mark.parametrize("raw", ["http://%ff/", "http://ex ample.com/", "https://exa<mple.com/",
+                                 f"https://{'a' * 64}.example/", "https://a..b.example/"])
+def test_a_host_no_reader_could_reach_is_refused(raw):
+    # urlsplit takes any text for a host; such an article's link would lead nowhere from a digest.
+    with pytest.raises(ValueError, match="valid host name"):
+        canonical_url(raw)
+
+
+@pytest.mark.parametrize("raw", ["https://bücher.example/a", "https://xn--bcher-kva.example/a",
+                                 "http://127.0.0.1:8000/", "http://[::1]/", "https://my_host.example./"])
+def test_hosts_browsers_resolve_are_kept_as_given(raw):
+    assert canonical_url(raw) == raw
+
+
 def test_a_valid_article_is_parsed_with_normalised_values():
     article = article_from_mapping({**VALID, "author": "Tyler Pisapia", "external_id": "post-42"})
     assert article.published_at == datetime(2021, 9, 20, 10, 0, tzinfo=UTC)
