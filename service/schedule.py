@@ -25,14 +25,19 @@ class Period:
 
 @lru_cache(maxsize=512)
 def zone(name: str) -> ZoneInfo:
-    """The named zone, or UTC for a name this system does not know."""
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo("UTC")
+    """The named zone, or UTC for a name that is no place this system knows."""
+    return ZoneInfo(name) if is_valid_timezone(name) else ZoneInfo("UTC")
+
+
+# Files in the zone database that are no place's time: the server's own setting (which may differ
+# between the web and worker machines), a placeholder zone, and a copy of America/New_York kept
+# for old POSIX rules.
+_NOT_A_PLACE = frozenset({"localtime", "Factory", "posixrules"})
 
 
 def is_valid_timezone(name: str) -> bool:
+    if name in _NOT_A_PLACE:
+        return False
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):

@@ -38,3 +38,10 @@ def test_an_unknown_time_zone_falls_back_to_utc():
     assert not is_valid_timezone("Mars/Olympus_Mons")
     assert current_period(Frequency.DAILY, _at(9), "Mars/Olympus_Mons", 8, "monday").key == \
         "daily:2026-11-25"
+
+
+def test_zone_files_that_are_no_place_are_refused():
+    # 'localtime' is whatever the server is set to, and web and worker machines may differ.
+    for name in ("localtime", "Factory", "posixrules"):
+        assert not is_valid_timezone(name)
+    assert is_valid_timezone("Europe/Berlin") and is_valid_timezone("UTC")
